@@ -1,0 +1,130 @@
+"""Static-shape KV cache: preallocated per-layer K/V buffers, per-row valid ranges, writes and masks.
+
+Row b's tokens live in slots [start[b], length[b]) of every layer's buffer; slot s holds the token at
+rotary position s - start[b]. Right-padded prompts have start = 0; left-padded prompts start after their
+padding. Rows advance independently (each row writes at its own `length`), several tokens can be written
+at once with a causal mask among them (the verification pass of self-speculative decoding), and a
+rollback only lowers `length`: stale entries past it are masked out and overwritten by later writes.
+Shapes never change, so nothing recompiles as a sequence grows.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from lsjax import model
+from lsjax.config import LlamaConfig
+
+
+@struct.dataclass
+class KVCache:
+    k: jax.Array  # [L, B, S, KV, hd]
+    v: jax.Array  # [L, B, S, KV, hd]
+    start: jax.Array  # [B] int32: first valid slot of each row
+    length: jax.Array  # [B] int32: one past the last valid slot of each row
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def query_slots(self, num_tokens: int, write_index=None) -> jax.Array:
+        """[B, T] slots that T new tokens written at `write_index` (default: `length`) occupy."""
+        write_index = self.length if write_index is None else write_index
+        return write_index[:, None] + jnp.arange(num_tokens, dtype=jnp.int32)[None, :]
+
+    def positions(self, num_tokens: int, write_index=None) -> jax.Array:
+        """[B, T] rotary positions of T new tokens written at `write_index`."""
+        return self.query_slots(num_tokens, write_index) - self.start[:, None]
+
+    def mask(self, num_tokens: int, write_index=None) -> jax.Array:
+        """[B, T, S]: new token t of row b sees slots [start[b], its own slot], so the new tokens are causal
+        among themselves and nothing stale past them is visible."""
+        slots = jnp.arange(self.max_length, dtype=jnp.int32)
+        query = self.query_slots(num_tokens, write_index)
+        return (slots[None, None, :] >= self.start[:, None, None]) & (slots[None, None, :] <= query[:, :, None])
+
+    def rollback(self, length) -> "KVCache":
+        """Forgets every slot at or past `length` [B] (no copy: those entries are masked and overwritten)."""
+        return self.replace(length=jnp.asarray(length, jnp.int32))
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    """An empty cache of `max_length` slots per row, in the compute dtype unless `dtype` is given."""
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    dtype = config.jnp_dtype if dtype is None else dtype
+    zeros = jnp.zeros((batch_size,), jnp.int32)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), start=zeros, length=zeros)
+
+
+def run_cached_layers(config: LlamaConfig, params, cache: KVCache, x, start: int, stop: int,
+                      write_index=None, collect_hidden: bool = False) -> Tuple[model.LayersOutput, KVCache]:
+    """Layers [start, stop) over new hidden states x [B, T, D] placed at `write_index` (default `length`).
+
+    Those layers write their K/V for the new tokens and attend over everything visible. `length` is left
+    alone: layer ranges may run ahead of each other (drafting fills only the shallow layers), so the
+    caller says when a position is complete.
+    """
+    write_index = cache.length if write_index is None else write_index
+    t = x.shape[1]
+    out = model.run_layers(config, params, x, start, stop, positions=cache.positions(t, write_index),
+                           mask=cache.mask(t, write_index), cache=(cache.k, cache.v),
+                           write_index=write_index, collect_hidden=collect_hidden)
+    k, v = out.cache
+    return out, cache.replace(k=k, v=v)
+
+
+def _check_room(cache: KVCache, num_tokens: int) -> None:
+    """Eager calls get a clear error instead of a clamped (silently wrong) write; jitted callers bound it."""
+    if isinstance(cache.length, jax.core.Tracer):
+        return
+    need = int(jnp.max(cache.length)) + num_tokens
+    if need > cache.max_length:
+        raise ValueError(f"cache overflow: writing {num_tokens} tokens needs {need} slots but the cache "
+                         f"holds max_length={cache.max_length}")
+
+
+def extend(config: LlamaConfig, params, cache: KVCache, tokens) -> Tuple[jax.Array, KVCache]:
+    """Appends token ids [B, T] to every row (T >= 1, causal among themselves): float32 logits [B, T, V]."""
+    _check_room(cache, tokens.shape[1])
+    out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, config.num_layers)
+    return model.unembed(config, params, out.x), cache.replace(length=cache.length + tokens.shape[1])
+
+
+def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths, padding: str = "right"
+            ) -> Tuple[jax.Array, KVCache]:
+    """Writes a padded prompt batch [B, T] into an empty cache; returns logits [B, T, V] and the cache.
+
+    prompt_lengths [B]: real tokens per row. padding='right': row b's prompt is tokens[b, :n_b];
+    'left': tokens[b, T - n_b:]. The logits at padding slots are meaningless. Use `last_token_logits`
+    to pick each row's next-token distribution.
+    """
+    if padding not in ("left", "right"):
+        raise ValueError(f"padding={padding!r}: expected 'left' or 'right'")
+    b, t = tokens.shape
+    if t > cache.max_length:
+        raise ValueError(f"prompt of {t} tokens is longer than the cache (max_length={cache.max_length})")
+    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    zeros = jnp.zeros((b,), jnp.int32)
+    if padding == "right":
+        cache = cache.replace(start=zeros, length=zeros)
+        new_length = prompt_lengths
+    else:
+        cache = cache.replace(start=t - prompt_lengths, length=zeros)
+        new_length = jnp.full((b,), t, jnp.int32)
+    out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, config.num_layers)
+    return model.unembed(config, params, out.x), cache.replace(length=new_length)
+
+
+def last_token_logits(prefill_logits, prompt_lengths, padding: str = "right") -> jax.Array:
+    """[B, V]: the logits at each row's last real prompt token (the next-token distribution)."""
+    t = prefill_logits.shape[1]
+    index = jnp.asarray(prompt_lengths) - 1 if padding == "right" else jnp.full(prefill_logits.shape[:1], t - 1)
+    return jnp.take_along_axis(prefill_logits, index[:, None, None], axis=1)[:, 0]

@@ -1,0 +1,320 @@
+"""Llama-family decoder (Llama 2, Llama 3, Llama 3.2) in Flax Linen, with layers stacked on a leading axis.
+
+The building blocks are Linen modules; the model is a handful of pure functions over one params pytree:
+
+    params = {"embed": {"embedding": [V, D]},
+              "layers": {...every leaf with a leading [L] axis...},
+              "final_norm": {"scale": [D]},
+              "lm_head": {"kernel": [D, V]}}          # absent when the embedding is tied
+
+Stacking lets `run_layers` execute any range [start, stop) as one `lax.scan` over a slice of the stack, which
+is what LayerSkip needs: the draft is layers [0, E), the verification [E, L), every exit reads the same
+`unembed`, and compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lsjax.config import LlamaConfig
+
+Params = Any
+_INIT_STD = 0.02
+
+
+def _param(module: nn.Module, name: str, shape, axes, init=nn.initializers.normal(_INIT_STD)):
+    """A parameter annotated with its logical axis names (see `lsjax.sharding`)."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, module.config.jnp_param_dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, scaled in the compute dtype (as Hugging Face does)."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        dtype = self.config.jnp_dtype
+        return scale.astype(dtype) * normed.astype(dtype)
+
+
+def rope_frequencies(config: LlamaConfig) -> np.ndarray:
+    """Inverse rotary frequencies [head_dim / 2], with Llama 3 scaling when configured (float32, as HF)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    inv_freq = inv_freq.astype(np.float32)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    old_len = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_len / scaling.low_freq_factor
+    high_freq_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+    """Rotates x [B, T, heads, head_dim] by its positions [B, T] (Hugging Face's half-split convention)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, hd/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def dot_product_attention(q, k, v, mask):
+    """Grouped-query attention. q [B,T,H,hd]; k, v [B,S,KV,hd]; mask [B,T,S] (True = may attend).
+
+    Scores and softmax are float32; a query with no visible key gets a uniform (finite) distribution.
+    """
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (hd ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+Attend = Callable[[jax.Array, jax.Array, jax.Array], Tuple[jax.Array, Any]]
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x, positions, attend: Attend):
+        cfg = self.config
+        d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        wq = _param(self, "q", (d, h, hd), ("embed", "heads", "head_dim"))
+        wk = _param(self, "k", (d, kv, hd), ("embed", "kv_heads", "head_dim"))
+        wv = _param(self, "v", (d, kv, hd), ("embed", "kv_heads", "head_dim"))
+        wo = _param(self, "o", (h, hd, d), ("heads", "head_dim", "embed"))
+        dtype = cfg.jnp_dtype
+        inv_freq = rope_frequencies(cfg)
+        q = apply_rope(jnp.einsum("btd,dhk->bthk", x, wq.astype(dtype)), positions, inv_freq)
+        k = apply_rope(jnp.einsum("btd,dhk->bthk", x, wk.astype(dtype)), positions, inv_freq)
+        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dtype))
+        out, state = attend(q, k, v)
+        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), state
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        d, f, dtype = cfg.hidden_size, cfg.intermediate_size, cfg.jnp_dtype
+        gate = _param(self, "gate", (d, f), ("embed", "mlp"))
+        up = _param(self, "up", (d, f), ("embed", "mlp"))
+        down = _param(self, "down", (f, d), ("mlp", "embed"))
+        hidden = nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+        return hidden @ down.astype(dtype)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention and MLP blocks with residual connections; attention I/O is delegated to `attend`."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x, positions, attend: Attend):
+        attn_out, state = Attention(self.config, name="attn")(RMSNorm(self.config, name="attn_norm")(x),
+                                                              positions, attend)
+        x = x + attn_out
+        return x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x)), state
+
+
+class Embedding(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self):
+        cfg = self.config
+        return _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+
+
+class LMHead(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self):
+        cfg = self.config
+        return _param(self, "kernel", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+
+def _top_modules(config: LlamaConfig):
+    modules = {"embed": (Embedding(config), ()),
+               "final_norm": (RMSNorm(config), (jnp.zeros((1, 1, config.hidden_size), config.jnp_dtype),))}
+    if not config.tie_word_embeddings:
+        modules["lm_head"] = (LMHead(config), ())
+    return modules
+
+
+def _layer_init_args(config: LlamaConfig):
+    x = jnp.zeros((1, 1, config.hidden_size), config.jnp_dtype)
+    return x, jnp.zeros((1, 1), jnp.int32), _self_attend_without_mask
+
+
+def _self_attend_without_mask(q, k, v):
+    return dot_product_attention(q, k, v, jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)), None
+
+
+def _boxed_init(config: LlamaConfig, key):
+    """Params still wrapped in Flax's logical-partitioning boxes; see `init` and `param_logical_axes`."""
+    modules = _top_modules(config)
+    keys = jax.random.split(key, len(modules) + 1)
+    params = {name: module.init(k, *args)["params"] for k, (name, (module, args)) in zip(keys[1:], modules.items())}
+    layer_keys = jax.random.split(keys[0], config.num_layers)
+    layer_init = lambda k: DecoderLayer(config).init(k, *_layer_init_args(config))["params"]
+    params["layers"] = jax.vmap(layer_init)(layer_keys)
+    return params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init(config: LlamaConfig, key: jax.Array) -> Params:
+    """Random params (normal(0.02) matrices, unit norm scales), layers stacked on a leading axis."""
+    return nn.unbox(_boxed_init(config, key))
+
+
+def param_logical_axes(config: LlamaConfig) -> Params:
+    """A pytree like `init`'s whose leaves are `PartitionSpec`s of logical axis names ('layers' leads the stack)."""
+    boxed = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
+    specs = nn.get_partition_spec(boxed)
+    specs["layers"] = jax.tree.map(lambda s: jax.sharding.PartitionSpec("layers", *s), specs["layers"],
+                                   is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+    return specs
+
+
+def embed(config: LlamaConfig, params: Params, tokens) -> jax.Array:
+    """Token ids [B, T] -> residual stream x_0 [B, T, D] in the compute dtype."""
+    return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.jnp_dtype)
+
+
+def unembed(config: LlamaConfig, params: Params, x) -> jax.Array:
+    """The shared exit g: final RMSNorm then LM head, for a hidden state from any layer. Float32 logits."""
+    normed = RMSNorm(config).apply({"params": params["final_norm"]}, x)
+    if config.tie_word_embeddings:
+        return jnp.einsum("...d,vd->...v", normed, params["embed"]["embedding"].astype(normed.dtype),
+                          preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", normed, params["lm_head"]["kernel"].astype(normed.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class LayersOutput(NamedTuple):
+    x: jax.Array  # residual stream after layer stop-1, [B, T, D]
+    cache: Optional[Tuple[jax.Array, jax.Array]]  # updated (k, v) buffers [L, B, S, KV, hd], if given
+    hidden: Optional[jax.Array]  # [stop - start, B, T, D]: the stream after each layer, if collected
+
+
+def causal_mask(batch: int, length: int, segment_ids=None) -> jax.Array:
+    """[B, T, T] mask: causal over the sequence index, and within a segment when segment_ids [B, T] is given."""
+    idx = jnp.arange(length)
+    mask = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (batch, length, length))
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return mask
+
+
+def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *, positions, mask,
+               cache: Optional[Tuple[jax.Array, jax.Array]] = None, write_index=None, residual_mask=None,
+               collect_hidden: bool = False) -> LayersOutput:
+    """Runs layers [start, stop) on the residual stream x [B, T, D] as one scan over the stacked params.
+
+    positions: [B, T] rotary positions. mask: [B, T, K] attention mask, where K = T without a cache, or
+    the cache length S with one.
+    cache: optional (k, v) buffers [L, B, S, KV, hd] covering all L layers; each layer in the range writes
+    its new keys/values at slots [write_index[b], write_index[b] + T) of row b, then attends over the
+    whole buffer under `mask`. Layers outside the range are untouched.
+    residual_mask: optional [B, stop - start] (bool or 0/1): where 0, the layer is skipped for that sample
+    (its residual stream passes unchanged); a select, not a branch, so shapes stay static (layer dropout).
+    """
+    if not 0 <= start < stop <= config.num_layers:
+        raise ValueError(f"layer range [{start}, {stop}) is not inside [0, {config.num_layers}]")
+    layer_params = jax.tree.map(lambda p: p[start:stop], params["layers"])
+    n = stop - start
+    keep = (jnp.ones((n, x.shape[0]), bool) if residual_mask is None
+            else jnp.asarray(residual_mask).astype(bool).T)
+    layer = DecoderLayer(config)
+
+    def body(carry, inputs):
+        x, buffers = carry
+        p, keep_row, index = inputs
+        if buffers is None:
+            attend = lambda q, k, v: (dot_product_attention(q, k, v, mask), None)
+        else:
+            attend = functools.partial(_attend_with_cache, buffers=buffers, index=index,
+                                       write_index=write_index, mask=mask)
+        y, buffers = layer.apply({"params": p}, x, positions, attend)
+        if residual_mask is not None:
+            y = jnp.where(keep_row[:, None, None], y, x)
+        return (y, buffers), (y if collect_hidden else None)
+
+    (x, cache), hidden = lax.scan(body, (x, cache), (layer_params, keep, jnp.arange(start, stop)))
+    return LayersOutput(x, cache, hidden)
+
+
+def _write_rows(buffer, new, write_index):
+    """buffer [B, S, ...] <- new [B, T, ...] at per-row slots [write_index[b], write_index[b] + T)."""
+    return jax.vmap(lambda b, n, i: lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(
+        buffer, new.astype(buffer.dtype), write_index)
+
+
+def _attend_with_cache(q, k, v, *, buffers, index, write_index, mask):
+    k_all, v_all = buffers
+    k_layer = _write_rows(k_all[index], k, write_index)
+    v_layer = _write_rows(v_all[index], v, write_index)
+    out = dot_product_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask)
+    return out, (k_all.at[index].set(k_layer), v_all.at[index].set(v_layer))
+
+
+def forward(config: LlamaConfig, params: Params, tokens, *, positions=None, segment_ids=None,
+            residual_mask=None, collect_hidden: bool = False) -> LayersOutput:
+    """All layers over token ids [B, T] without a cache (training, teacher forcing).
+
+    Positions default to 0..T-1; with packed documents pass per-document positions and segment_ids so
+    that attention stays inside each document.
+    """
+    b, t = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    x = embed(config, params, tokens)
+    return run_layers(config, params, x, 0, config.num_layers, positions=positions,
+                      mask=causal_mask(b, t, segment_ids), residual_mask=residual_mask,
+                      collect_hidden=collect_hidden)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def logits(config: LlamaConfig, params: Params, tokens, *, positions=None, segment_ids=None,
+           residual_mask=None) -> jax.Array:
+    """Float32 logits [B, T, V] of the full model for int token ids [B, T] (jitted; see `forward`)."""
+    out = forward(config, params, tokens, positions=positions, segment_ids=segment_ids, residual_mask=residual_mask)
+    return unembed(config, params, out.x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def hidden_states(config: LlamaConfig, params: Params, tokens, *, positions=None, segment_ids=None) -> jax.Array:
+    """[L + 1, B, T, D]: x_0 (embeddings) and the residual stream after every layer (not normalised)."""
+    x0 = embed(config, params, tokens)
+    out = forward(config, params, tokens, positions=positions, segment_ids=segment_ids, collect_hidden=True)
+    return jnp.concatenate([x0[None], out.hidden], axis=0)

@@ -1,0 +1,139 @@
+"""The decoder's own contracts: layer ranges, per-layer states, residual masks, packing, dtypes, axes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from lsjax import model, sharding
+from lsjax.config import ConfigError, LlamaConfig
+from tests.conftest import TINY
+
+
+def _tokens(config, batch=3, length=11, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, config.vocab_size, (batch, length)))
+
+
+def _range_logits(config, params, tokens, cut):
+    b, t = tokens.shape
+    kwargs = dict(positions=jnp.broadcast_to(jnp.arange(t), (b, t)), mask=model.causal_mask(b, t))
+    x = model.embed(config, params, tokens)
+    x = model.run_layers(config, params, x, 0, cut, **kwargs).x
+    x = model.run_layers(config, params, x, cut, config.num_layers, **kwargs).x
+    return model.unembed(config, params, x)
+
+
+def test_split_at_every_exit_layer_equals_full_forward(tiny_model):
+    config, params = tiny_model
+    tokens = _tokens(config)
+    full = model.logits(config, params, tokens)
+    for cut in range(1, config.num_layers):
+        np.testing.assert_allclose(_range_logits(config, params, tokens, cut), full, atol=1e-5, rtol=0)
+
+
+def test_hidden_states_are_the_layer_outputs(tiny_model):
+    config, params = tiny_model
+    tokens = _tokens(config)
+    states = model.hidden_states(config, params, tokens)
+    assert states.shape == (config.num_layers + 1, 3, 11, config.hidden_size)
+    np.testing.assert_allclose(model.unembed(config, params, states[-1]), model.logits(config, params, tokens),
+                               atol=1e-5)
+    b, t = tokens.shape
+    kwargs = dict(positions=jnp.broadcast_to(jnp.arange(t), (b, t)), mask=model.causal_mask(b, t))
+    for layer in range(config.num_layers):
+        one = model.run_layers(config, params, states[layer], layer, layer + 1, **kwargs).x
+        np.testing.assert_allclose(one, states[layer + 1], atol=1e-5)
+
+
+def test_residual_mask_skips_exactly_the_masked_layer_per_sample(tiny_model):
+    config, params = tiny_model
+    tokens = _tokens(config)
+    plain = model.forward(config, params, tokens, collect_hidden=True)
+    ones = model.forward(config, params, tokens, collect_hidden=True,
+                         residual_mask=jnp.ones((3, config.num_layers)))
+    np.testing.assert_array_equal(ones.hidden, plain.hidden)
+
+    keep = np.ones((3, config.num_layers), bool)
+    keep[1, 2] = False  # sample 1 skips layer 2
+    masked = model.forward(config, params, tokens, collect_hidden=True, residual_mask=jnp.asarray(keep))
+    np.testing.assert_array_equal(masked.hidden[2, 1], masked.hidden[1, 1])  # stream unchanged through layer 2
+    assert np.abs(masked.hidden[2, 1] - plain.hidden[2, 1]).max() > 1e-3
+    for row in (0, 2):  # other samples are untouched
+        np.testing.assert_array_equal(masked.hidden[:, row], plain.hidden[:, row])
+
+
+def test_residual_mask_blocks_gradient_of_skipped_layer(tiny_model):
+    config, params = tiny_model
+    tokens = _tokens(config, batch=2)
+    keep = jnp.ones((2, config.num_layers), bool).at[:, 1].set(False)
+
+    def loss(p):
+        return model.logits(config, p, tokens, residual_mask=keep).sum()
+
+    grads = jax.grad(loss)(params)
+    assert float(jnp.abs(grads["layers"]["mlp"]["up"][1]).max()) == 0.0
+    assert float(jnp.abs(grads["layers"]["mlp"]["up"][0]).max()) > 0.0
+
+
+def test_packed_segments_equal_separate_documents(tiny_model):
+    config, params = tiny_model
+    doc_a, doc_b = _tokens(config, 1, 5, seed=1), _tokens(config, 1, 7, seed=2)
+    packed = jnp.concatenate([doc_a, doc_b], axis=1)
+    positions = jnp.asarray([list(range(5)) + list(range(7))])
+    segments = jnp.asarray([[1] * 5 + [2] * 7])
+    out = model.logits(config, params, packed, positions=positions, segment_ids=segments)
+    np.testing.assert_allclose(out[:, :5], model.logits(config, params, doc_a), atol=1e-5)
+    np.testing.assert_allclose(out[:, 5:], model.logits(config, params, doc_b), atol=1e-5)
+
+
+def test_bfloat16_compute_is_close_to_float32(tiny_model):
+    config, params = tiny_model
+    tokens = _tokens(config)
+    f32 = model.logits(config, params, tokens)
+    bf16_config = config.replace(dtype="bfloat16", param_dtype="bfloat16")
+    bf16_params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    bf16 = model.logits(bf16_config, bf16_params, tokens)
+    assert bf16.dtype == jnp.float32
+    assert float(jnp.abs(bf16 - f32).max()) < 0.05 * float(jnp.abs(f32).max())
+    assert jax.tree.leaves(model.init(bf16_config, jax.random.key(0)))[0].dtype == jnp.bfloat16
+
+
+def test_every_param_has_logical_axes_with_rules(tiny_model):
+    config, params = tiny_model
+    axes = model.param_logical_axes(config)
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    assert jax.tree.structure(axes, is_leaf=is_spec) == jax.tree.structure(params)
+    for spec, leaf in zip(jax.tree.leaves(axes, is_leaf=is_spec), jax.tree.leaves(params)):
+        assert len(spec) == leaf.ndim
+        assert all(name in sharding.LOGICAL_NAMES for name in spec)
+    mesh_specs = sharding.param_specs(config)
+    assert mesh_specs["layers"]["attn"]["q"] == PartitionSpec(None, "fsdp", "tensor", None)
+    assert mesh_specs["embed"]["embedding"] == PartitionSpec("tensor", "fsdp")
+
+
+def test_tied_model_has_no_head(tiny_model):
+    config, params = tiny_model
+    assert ("lm_head" in params) == (not config.tie_word_embeddings)
+    assert sum(p.size for p in jax.tree.leaves(params)) == config.num_params()
+
+
+def test_layer_range_outside_model_is_rejected():
+    params = model.init(TINY, jax.random.key(0))
+    x = jnp.zeros((1, 2, TINY.hidden_size))
+    kwargs = dict(positions=jnp.zeros((1, 2), jnp.int32), mask=model.causal_mask(1, 2))
+    with pytest.raises(ValueError, match=r"\[2, 9\)"):
+        model.run_layers(TINY, params, x, 2, 9, **kwargs)
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(num_heads=4, num_kv_heads=3), "num_kv_heads=3"),
+    (dict(hidden_size=0), "hidden_size=0"),
+    (dict(dtype="float64"), "dtype='float64'"),
+    (dict(head_dim=7), "head_dim=7"),
+])
+def test_bad_config_values_are_one_line_errors(changes, needle):
+    base = dict(vocab_size=8, hidden_size=16, intermediate_size=8, num_layers=2, num_heads=2)
+    with pytest.raises(ConfigError) as err:
+        LlamaConfig(**{**base, **changes})
+    assert needle in str(err.value) and "\n" not in str(err.value)
