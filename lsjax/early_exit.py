@@ -1,0 +1,124 @@
+"""LayerSkip early-exit loss: every selected layer is unembedded through the one shared head (SPEC 1.2).
+
+J = sum_l ẽ(t,l) CE(g(x_{l+1}), Y) with e(l) rising quadratically over depth, normalised over the layers a
+curriculum enables at step t. Shapes stay static: each curriculum selects a fixed number K of layers per
+step by traced indices (unused slots point at the last layer with weight 0), and the cross-entropy runs over
+chunks of tokens with rematerialisation, so K layers x a 128k vocabulary never hold all their logits at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lsjax import model
+from lsjax.config import LlamaConfig
+
+CURRICULA = ("none", "rotational", "gradual")
+
+
+def exit_scales(num_layers: int, e_scale: float) -> np.ndarray:
+    """e(l) for l = 0..L-1: e_scale * sum_{i<=l} i, and (L-1) + e_scale * sum_{i<=L-2} i for the last layer."""
+    if num_layers == 1:
+        return np.ones((1,), np.float32)
+    layers = np.arange(num_layers, dtype=np.float64)
+    scales = e_scale * layers * (layers + 1) / 2
+    scales[-1] = (num_layers - 1) + e_scale * (num_layers - 2) * (num_layers - 1) / 2
+    return scales.astype(np.float32)
+
+
+def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation: int = 1) -> jax.Array:
+    """C(t, l) as bool [L] (traceable in step); the last layer is always enabled."""
+    layers = jnp.arange(num_layers)
+    last = layers == num_layers - 1
+    if kind == "none":
+        return jnp.ones((num_layers,), bool)
+    if kind == "rotational":
+        return ((layers - step) % rotation == 0) | last
+    if kind == "gradual":  # layer l joins once 2t/T >= (L - l)/L: one every T/(2L) steps, all on at T/2
+        step = jnp.asarray(step, jnp.int32)
+        return (2 * step * num_layers >= (num_layers - layers) * total_steps) | last
+    raise ValueError(f"early-exit curriculum {kind!r}: expected one of {list(CURRICULA)}")
+
+
+def num_selected(kind: str, num_layers: int, rotation: int = 1) -> int:
+    """K, the static number of layer slots a curriculum needs at any step."""
+    if kind == "rotational":
+        return min(num_layers, math.ceil(num_layers / rotation) + 1)
+    return num_layers
+
+
+class Selection(NamedTuple):
+    layers: jax.Array  # int32 [K]: layer indices l (the loss reads x_{l+1}, the output of layer l)
+    weights: jax.Array  # float32 [K]: ẽ(t, l), summing to 1; 0 for unused slots
+
+
+def select_layers(kind: str, num_layers: int, step, total_steps: int, e_scale: float, rotation: int = 1
+                  ) -> Selection:
+    enabled = curriculum_mask(kind, num_layers, step, total_steps, rotation)
+    scales = jnp.where(enabled, jnp.asarray(exit_scales(num_layers, e_scale)), 0.0)
+    normalised = scales / jnp.sum(scales)
+    k = num_selected(kind, num_layers, rotation)
+    (layers,) = jnp.nonzero(enabled, size=k, fill_value=num_layers - 1)
+    used = jnp.arange(k) < jnp.sum(enabled)
+    return Selection(layers.astype(jnp.int32), jnp.where(used, normalised[layers], 0.0))
+
+
+class ExitLoss(NamedTuple):
+    loss: jax.Array  # scalar: sum_k weights[k] * (CE_k + beta * KL_k)
+    layer_loss: jax.Array  # [K] mean cross-entropy of each selected exit
+    layer_accuracy: jax.Array  # [K] top-1 accuracy of each selected exit
+    layer_kl: jax.Array  # [K] mean KL(last layer || exit); zeros when beta == 0
+
+
+def _chunk_stats(config, params, beta, x, teacher_x, targets, mask):
+    """Sums over one chunk of tokens: x [K, c, D], teacher_x [c, D], targets/mask [c] -> three [K] sums."""
+    logits = jax.vmap(functools.partial(model.unembed, config, params))(x)  # [K, c, V] float32
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[None, :, None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, axis=-1) == targets[None]).astype(jnp.float32)
+    if beta:
+        teacher = lax.stop_gradient(jax.nn.log_softmax(model.unembed(config, params, teacher_x), axis=-1))
+        kl = jnp.sum(jnp.exp(teacher)[None] * (teacher[None] - log_probs), axis=-1)
+    else:
+        kl = jnp.zeros_like(nll)
+    return jnp.stack([jnp.sum(nll * mask, -1), jnp.sum(correct * mask, -1), jnp.sum(kl * mask, -1)])
+
+
+def early_exit_loss(config: LlamaConfig, params, layer_outputs, targets, selection: Selection, *, loss_mask=None,
+                    beta: float = 0.0, chunk_size: int = 1024) -> ExitLoss:
+    """The weighted early-exit loss over the selected layers.
+
+    layer_outputs: [L, B, T, D], the residual stream after each layer (`run_layers(collect_hidden=True)`).
+    targets, loss_mask: [B, T] next-token ids and 1/0 weights. chunk_size: tokens per cross-entropy chunk;
+    each chunk's logits are recomputed in the backward pass instead of stored.
+    beta: weight of the self-distillation term KL(stop_gradient(p_last) || p_exit) (SPEC 1.4); 0 = the paper.
+    """
+    num_layers, b, t, _ = layer_outputs.shape
+    n = b * t
+    mask = jnp.ones((b, t), jnp.float32) if loss_mask is None else loss_mask.astype(jnp.float32)
+    chunk = min(chunk_size, n)
+    num_chunks = -(-n // chunk)
+
+    def chunked(a, token_axis):  # [..., B, T, ...] -> [num_chunks, ..., chunk, ...], zero-padded
+        a = a.reshape(a.shape[:token_axis] + (n,) + a.shape[token_axis + 2:])
+        widths = [(0, 0)] * a.ndim
+        widths[token_axis] = (0, num_chunks * chunk - n)
+        a = jnp.pad(a, widths)
+        a = a.reshape(a.shape[:token_axis] + (num_chunks, chunk) + a.shape[token_axis + 1:])
+        return jnp.moveaxis(a, token_axis, 0)
+
+    xs = (chunked(layer_outputs[selection.layers], 1), chunked(layer_outputs[num_layers - 1], 0),
+          chunked(targets, 0), chunked(mask, 0))
+    body = jax.checkpoint(functools.partial(_chunk_stats, config, params, beta))
+    sums = jnp.sum(lax.map(lambda args: body(*args), xs), axis=0)  # [3, K]
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    layer_loss, layer_accuracy, layer_kl = sums / count
+    loss = jnp.sum(selection.weights * (layer_loss + beta * layer_kl))
+    return ExitLoss(loss, layer_loss, layer_accuracy, layer_kl)

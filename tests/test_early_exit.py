@@ -1,0 +1,102 @@
+"""Early-exit scales, curricula and the chunked loss, against hand-computed tables and the unchunked loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lsjax import early_exit as ee
+from lsjax import model
+from tests.conftest import TINY
+
+
+def test_exit_scales_equal_hand_computed():
+    # L = 4, e_scale = 0.2: e(0) = 0, e(1) = .2 * 1, e(2) = .2 * (1 + 2), e(3) = 3 + .2 * (0 + 1 + 2)
+    np.testing.assert_allclose(ee.exit_scales(4, 0.2), [0.0, 0.2, 0.6, 3.6], atol=1e-6)
+    # e_scale = 0: only the last layer is trained (plain language modelling)
+    np.testing.assert_allclose(ee.exit_scales(4, 0.0), [0, 0, 0, 3])
+
+
+def test_no_curriculum_normalises_over_all_layers():
+    sel = ee.select_layers("none", 4, step=5, total_steps=10, e_scale=0.2)
+    np.testing.assert_array_equal(sel.layers, [0, 1, 2, 3])
+    np.testing.assert_allclose(sel.weights, np.asarray([0.0, 0.2, 0.6, 3.6]) / 4.4, atol=1e-6)
+
+
+@pytest.mark.parametrize("step,layers,weights", [
+    # L = 5, e_scale = 1: e = [0, 1, 3, 6, 10]; R = 2 -> K = ceil(5/2) + 1 = 4 slots
+    (0, [0, 2, 4, 4], [0.0, 3 / 13, 10 / 13, 0.0]),
+    (1, [1, 3, 4, 4], [1 / 17, 6 / 17, 10 / 17, 0.0]),
+    (2, [0, 2, 4, 4], [0.0, 3 / 13, 10 / 13, 0.0]),
+])
+def test_rotational_curriculum_equals_hand_computed(step, layers, weights):
+    sel = ee.select_layers("rotational", 5, step=step, total_steps=100, e_scale=1.0, rotation=2)
+    np.testing.assert_array_equal(sel.layers, layers)
+    np.testing.assert_allclose(sel.weights, weights, atol=1e-6)
+
+
+@pytest.mark.parametrize("step,enabled", [
+    (0, [0, 0, 0, 1]), (19, [0, 0, 0, 1]), (20, [0, 0, 1, 1]), (29, [0, 0, 1, 1]), (30, [0, 1, 1, 1]),
+    (39, [0, 1, 1, 1]), (40, [1, 1, 1, 1]), (79, [1, 1, 1, 1]),
+])
+def test_gradual_curriculum_equals_hand_computed(step, enabled):
+    # L = 4, T = 80: layer l joins at step (L - l) T / (2L): 20, 30, 40 for l = 2, 1, 0 (all on at T / 2)
+    np.testing.assert_array_equal(ee.curriculum_mask("gradual", 4, step, 80), np.asarray(enabled, bool))
+
+
+def test_unknown_curriculum():
+    with pytest.raises(ValueError, match="'zigzag'"):
+        ee.curriculum_mask("zigzag", 4, 0, 10)
+
+
+def _inputs(seed=0, batch=2, length=9):
+    params = model.init(TINY, jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    tokens = jnp.asarray(rng.integers(0, TINY.vocab_size, (batch, length)))
+    hidden = model.forward(TINY, params, tokens, collect_hidden=True).hidden
+    targets = jnp.asarray(rng.integers(0, TINY.vocab_size, (batch, length)))
+    mask = jnp.asarray(rng.random((batch, length)) > 0.2)
+    return params, hidden, targets, mask
+
+
+def _unchunked(params, hidden, targets, mask, selection, beta):
+    """The obvious reference: all logits of all selected layers at once."""
+    logits = model.unembed(TINY, params, hidden[selection.layers])  # [K, B, T, V]
+    log_probs = jax.nn.log_softmax(logits, -1)
+    nll = -jnp.take_along_axis(log_probs, targets[None, ..., None], -1)[..., 0]
+    teacher = jax.lax.stop_gradient(jax.nn.log_softmax(model.unembed(TINY, params, hidden[-1]), -1))
+    kl = jnp.sum(jnp.exp(teacher) * (teacher - log_probs), -1)
+    m = mask.astype(jnp.float32)
+    per_layer = jnp.sum(nll * m, (1, 2)) / m.sum()
+    per_kl = jnp.sum(kl * m, (1, 2)) / m.sum()
+    acc = jnp.sum((logits.argmax(-1) == targets) * m, (1, 2)) / m.sum()
+    return jnp.sum(selection.weights * (per_layer + beta * per_kl)), per_layer, acc
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 18, 1024])
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_chunked_loss_and_grads_equal_unchunked(chunk_size, beta):
+    params, hidden, targets, mask = _inputs()
+    sel = ee.select_layers("rotational", TINY.num_layers, 1, 10, e_scale=0.5, rotation=2)
+
+    def chunked(p):
+        return ee.early_exit_loss(TINY, p, hidden, targets, sel, loss_mask=mask, beta=beta,
+                                  chunk_size=chunk_size).loss
+
+    out = ee.early_exit_loss(TINY, params, hidden, targets, sel, loss_mask=mask, beta=beta, chunk_size=chunk_size)
+    want, want_layers, want_acc = _unchunked(params, hidden, targets, mask, sel, beta)
+    np.testing.assert_allclose(out.loss, want, rtol=1e-5)
+    np.testing.assert_allclose(out.layer_loss, want_layers, rtol=1e-5)
+    np.testing.assert_allclose(out.layer_accuracy, want_acc, atol=1e-6)
+    got_grads = jax.grad(chunked)(params)
+    want_grads = jax.grad(lambda p: _unchunked(p, hidden, targets, mask, sel, beta)[0])(params)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-4)
+
+
+def test_last_layer_distils_nothing_from_itself():
+    params, hidden, targets, mask = _inputs(seed=1)
+    sel = ee.select_layers("none", TINY.num_layers, 0, 10, e_scale=1.0)
+    out = ee.early_exit_loss(TINY, params, hidden, targets, sel, beta=1.0)
+    assert float(out.layer_kl[-1]) == pytest.approx(0.0, abs=1e-6)
+    assert float(out.layer_kl[0]) > 1e-3
