@@ -21,10 +21,9 @@ class PromptBatch(NamedTuple):
 
 
 def encode_prompts(tok, texts: List[str]) -> PromptBatch:
+    if not all(texts):
+        raise ValueError("empty prompt: give at least one character of text")
     encoded = [tok.encode(text, add_bos=True) for text in texts]
-    for text, ids in zip(texts, encoded):
-        if not text or len(ids) == 0:
-            raise ValueError("empty prompt: give at least one character of text")
     width = -(-max(len(ids) for ids in encoded) // BUCKET) * BUCKET
     tokens = np.full((len(encoded), width), tok.pad_id or 0, np.int32)
     for i, ids in enumerate(encoded):

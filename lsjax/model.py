@@ -252,9 +252,7 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
     if not 0 <= start < stop <= config.num_layers:
         raise ValueError(f"layer range [{start}, {stop}) is not inside [0, {config.num_layers}]")
     layer_params = jax.tree.map(lambda p: p[start:stop], params["layers"])
-    n = stop - start
-    keep = (jnp.ones((n, x.shape[0]), bool) if residual_mask is None
-            else jnp.asarray(residual_mask).astype(bool).T)
+    keep = None if residual_mask is None else jnp.asarray(residual_mask).astype(bool).T  # [n, B]
     layer = DecoderLayer(config)
 
     def body(carry, inputs):
@@ -266,7 +264,7 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
             attend = functools.partial(_attend_with_cache, buffers=buffers, index=index,
                                        write_index=write_index, mask=mask)
         y, buffers = layer.apply({"params": p}, x, positions, attend)
-        if residual_mask is not None:
+        if keep_row is not None:
             y = jnp.where(keep_row[:, None, None], y, x)
         return (y, buffers), (y if collect_hidden else None)
 
