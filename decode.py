@@ -55,14 +55,15 @@ def load_model(checkpoint: Path):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from lsjax import generation
+    from lsjax.errors import InputError
     try:
         if args.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens={args.max_new_tokens}: expected a positive integer")
+            raise InputError(f"--max-new-tokens={args.max_new_tokens}: expected a positive integer")
         texts = read_prompts(args)
         config, params, tok = load_model(args.checkpoint)
         batch = generation.encode_prompts(tok, texts)
         generation.check_fits(config, batch, args.max_new_tokens)
-    except ValueError as err:  # CheckpointError, TokenizerError, ConfigError and bad flags
+    except InputError as err:  # bad checkpoint, tokenizer, config, prompt or flag
         print(f"error: {err}", file=sys.stderr)
         return 2
     result = generation.run_greedy(config, params, tok, batch, args.max_new_tokens)

@@ -11,10 +11,12 @@ from typing import Optional, Tuple
 
 import jax.numpy as jnp
 
+from lsjax.errors import InputError
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is outside what lsjax supports; the message names the key and the allowed values."""
 
 
@@ -98,3 +100,4 @@ class LlamaConfig:
         layer = attn + 3 * d * f + 2 * d
         head = 0 if self.tie_word_embeddings else d * self.vocab_size
         return self.vocab_size * d + self.num_layers * layer + d + head
+

@@ -47,16 +47,22 @@ def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation
     raise ValueError(f"early-exit curriculum {kind!r}: expected one of {list(CURRICULA)}")
 
 
-def num_selected(kind: str, num_layers: int, rotation: int = 1) -> int:
-    """K, the static number of layer slots a curriculum needs at any step."""
+def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float = 1.0) -> int:
+    """K, the static number of weighted layers a curriculum can have at any step.
+
+    e(0) = 0, so layer 0 never needs a slot; with e_scale = 0 only the last layer is weighted and the loss
+    is plain language modelling at the cost of a single unembedding.
+    """
+    if e_scale == 0 or num_layers == 1:
+        return 1
     if kind == "rotational":
-        return min(num_layers, math.ceil(num_layers / rotation) + 1)
-    return num_layers
+        return min(num_layers - 1, math.ceil(num_layers / rotation) + 1)
+    return num_layers - 1
 
 
 class Selection(NamedTuple):
-    layers: jax.Array  # int32 [K]: layer indices l (the loss reads x_{l+1}, the output of layer l)
-    weights: jax.Array  # float32 [K]: ẽ(t, l), summing to 1; 0 for unused slots
+    layers: jax.Array  # int32 [K]: weighted layers l (the loss reads x_{l+1}, the output of layer l)
+    weights: jax.Array  # float32 [K]: ẽ(t, l), summing to 1; 0 for unused slots (which repeat the last layer)
 
 
 def select_layers(kind: str, num_layers: int, step, total_steps: int, e_scale: float, rotation: int = 1
@@ -64,9 +70,9 @@ def select_layers(kind: str, num_layers: int, step, total_steps: int, e_scale: f
     enabled = curriculum_mask(kind, num_layers, step, total_steps, rotation)
     scales = jnp.where(enabled, jnp.asarray(exit_scales(num_layers, e_scale)), 0.0)
     normalised = scales / jnp.sum(scales)
-    k = num_selected(kind, num_layers, rotation)
-    (layers,) = jnp.nonzero(enabled, size=k, fill_value=num_layers - 1)
-    used = jnp.arange(k) < jnp.sum(enabled)
+    k = num_selected(kind, num_layers, rotation, e_scale)
+    (layers,) = jnp.nonzero(scales > 0, size=k, fill_value=num_layers - 1)
+    used = jnp.arange(k) < jnp.sum(scales > 0)
     return Selection(layers.astype(jnp.int32), jnp.where(used, normalised[layers], 0.0))
 
 
@@ -75,30 +81,36 @@ class ExitLoss(NamedTuple):
     layer_loss: jax.Array  # [K] mean cross-entropy of each selected exit
     layer_accuracy: jax.Array  # [K] top-1 accuracy of each selected exit
     layer_kl: jax.Array  # [K] mean KL(last layer || exit); zeros when beta == 0
+    layer_agreement: jax.Array  # [K] how often the exit's top-1 equals the last layer's (if measured, else 0)
 
 
-def _chunk_stats(config, params, beta, x, teacher_x, targets, mask):
-    """Sums over one chunk of tokens: x [K, c, D], teacher_x [c, D], targets/mask [c] -> three [K] sums."""
+def _chunk_stats(config, params, beta, agreement, x, teacher_x, targets, mask):
+    """Sums over one chunk of tokens: x [K, c, D], teacher_x [c, D], targets/mask [c] -> [4, K] sums of
+    cross-entropy, correct top-1, KL(last || exit) and top-1 agreement with the last layer."""
     logits = jax.vmap(functools.partial(model.unembed, config, params))(x)  # [K, c, V] float32
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, targets[None, :, None], axis=-1)[..., 0]
-    correct = (jnp.argmax(logits, axis=-1) == targets[None]).astype(jnp.float32)
-    if beta:
+    top1 = jnp.argmax(logits, axis=-1)
+    correct = (top1 == targets[None]).astype(jnp.float32)
+    kl = agree = jnp.zeros_like(nll)
+    if beta or agreement:
         teacher = lax.stop_gradient(jax.nn.log_softmax(model.unembed(config, params, teacher_x), axis=-1))
-        kl = jnp.sum(jnp.exp(teacher)[None] * (teacher[None] - log_probs), axis=-1)
-    else:
-        kl = jnp.zeros_like(nll)
-    return jnp.stack([jnp.sum(nll * mask, -1), jnp.sum(correct * mask, -1), jnp.sum(kl * mask, -1)])
+        if beta:
+            kl = jnp.sum(jnp.exp(teacher)[None] * (teacher[None] - log_probs), axis=-1)
+        if agreement:
+            agree = (top1 == jnp.argmax(teacher, axis=-1)[None]).astype(jnp.float32)
+    return jnp.stack([jnp.sum(v * mask, -1) for v in (nll, correct, kl, agree)])
 
 
 def early_exit_loss(config: LlamaConfig, params, layer_outputs, targets, selection: Selection, *, loss_mask=None,
-                    beta: float = 0.0, chunk_size: int = 1024) -> ExitLoss:
+                    beta: float = 0.0, chunk_size: int = 1024, measure_agreement: bool = False) -> ExitLoss:
     """The weighted early-exit loss over the selected layers.
 
     layer_outputs: [L, B, T, D], the residual stream after each layer (`run_layers(collect_hidden=True)`).
     targets, loss_mask: [B, T] next-token ids and 1/0 weights. chunk_size: tokens per cross-entropy chunk;
     each chunk's logits are recomputed in the backward pass instead of stored.
     beta: weight of the self-distillation term KL(stop_gradient(p_last) || p_exit) (SPEC 1.4); 0 = the paper.
+    measure_agreement: also report top-1 agreement with the last layer (the self-speculative acceptance rate).
     """
     num_layers, b, t, _ = layer_outputs.shape
     n = b * t
@@ -116,9 +128,8 @@ def early_exit_loss(config: LlamaConfig, params, layer_outputs, targets, selecti
 
     xs = (chunked(layer_outputs[selection.layers], 1), chunked(layer_outputs[num_layers - 1], 0),
           chunked(targets, 0), chunked(mask, 0))
-    body = jax.checkpoint(functools.partial(_chunk_stats, config, params, beta))
-    sums = jnp.sum(lax.map(lambda args: body(*args), xs), axis=0)  # [3, K]
-    count = jnp.maximum(jnp.sum(mask), 1.0)
-    layer_loss, layer_accuracy, layer_kl = sums / count
+    body = jax.checkpoint(functools.partial(_chunk_stats, config, params, beta, measure_agreement))
+    sums = jnp.sum(lax.map(lambda args: body(*args), xs), axis=0)  # [4, K]
+    layer_loss, layer_accuracy, layer_kl, layer_agreement = sums / jnp.maximum(jnp.sum(mask), 1.0)
     loss = jnp.sum(selection.weights * (layer_loss + beta * layer_kl))
-    return ExitLoss(loss, layer_loss, layer_accuracy, layer_kl)
+    return ExitLoss(loss, layer_loss, layer_accuracy, layer_kl, layer_agreement)

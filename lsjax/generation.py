@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsjax.config import LlamaConfig
+from lsjax.errors import InputError
 from lsjax.decoding import autoregressive
 
 BUCKET = 64  # prompts are right-padded to a multiple of this, so new prompt lengths rarely recompile
@@ -22,7 +23,7 @@ class PromptBatch(NamedTuple):
 
 def encode_prompts(tok, texts: List[str]) -> PromptBatch:
     if not all(texts):
-        raise ValueError("empty prompt: give at least one character of text")
+        raise InputError("empty prompt: give at least one character of text")
     encoded = [tok.encode(text, add_bos=True) for text in texts]
     width = -(-max(len(ids) for ids in encoded) // BUCKET) * BUCKET
     tokens = np.full((len(encoded), width), tok.pad_id or 0, np.int32)
@@ -38,7 +39,7 @@ def cache_length(batch: PromptBatch, max_new_tokens: int) -> int:
 def check_fits(config: LlamaConfig, batch: PromptBatch, max_new_tokens: int) -> None:
     need = int(batch.lengths.max()) + max_new_tokens
     if need > config.max_position_embeddings:
-        raise ValueError(f"prompt ({int(batch.lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {need} "
+        raise InputError(f"prompt ({int(batch.lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {need} "
                          f"exceeds the model's max_position_embeddings={config.max_position_embeddings}")
 
 

@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lsjax.config import ConfigError, LlamaConfig, RopeScaling
+from lsjax.errors import InputError
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -42,7 +43,7 @@ _MAPPED_KEYS = {
 _NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be used; the one-line message names the file or field and what was expected."""
 
 
@@ -218,8 +219,8 @@ def _read_json(file: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{file}: unreadable JSON ({err})") from None
 
 
-def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None):
-    """(config, params) from a local Hugging Face Llama directory.
+def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None) -> LlamaConfig:
+    """The lsjax config of a local Hugging Face Llama directory (weights untouched).
 
     param_dtype defaults to the checkpoint's stored dtype; dtype (compute) defaults to param_dtype.
     """
@@ -227,7 +228,13 @@ def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None
     config_file = directory / "config.json"
     if not directory.is_dir() or not config_file.exists():
         raise CheckpointError(f"{directory}: not a Hugging Face checkpoint directory (no config.json)")
-    config = config_from_hf(_read_json(config_file), str(config_file), param_dtype, dtype)
+    return config_from_hf(_read_json(config_file), str(config_file), param_dtype, dtype)
+
+
+def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None):
+    """(config, params) from a local Hugging Face Llama directory (dtypes as in `load_config`)."""
+    directory = Path(path)
+    config = load_config(directory, param_dtype=param_dtype, dtype=dtype)
     reader = _TensorReader(directory)
     np_dtype = _NUMPY_DTYPES[config.param_dtype]
     shapes = _hf_weight_shapes(config)

@@ -18,6 +18,7 @@ from flax import struct
 
 from lsjax import model
 from lsjax.config import LlamaConfig
+from lsjax.errors import InputError
 
 
 @struct.dataclass
@@ -87,7 +88,7 @@ def _check_room(cache: KVCache, num_tokens: int) -> None:
         return
     need = int(jnp.max(cache.length)) + num_tokens
     if need > cache.max_length:
-        raise ValueError(f"cache overflow: writing {num_tokens} tokens needs {need} slots but the cache "
+        raise InputError(f"cache overflow: writing {num_tokens} tokens needs {need} slots but the cache "
                          f"holds max_length={cache.max_length}")
 
 
@@ -110,7 +111,7 @@ def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths,
         raise ValueError(f"padding={padding!r}: expected 'left' or 'right'")
     b, t = tokens.shape
     if t > cache.max_length:
-        raise ValueError(f"prompt of {t} tokens is longer than the cache (max_length={cache.max_length})")
+        raise InputError(f"prompt of {t} tokens is longer than the cache (max_length={cache.max_length})")
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
     zeros = jnp.zeros((b,), jnp.int32)
     if padding == "right":

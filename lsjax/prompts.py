@@ -8,14 +8,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from lsjax.errors import InputError
+
 
 def read_text_file(path: Path) -> str:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--prompt-file {path}: unreadable ({err.__class__.__name__})") from None
+        raise InputError(f"--prompt-file {path}: unreadable ({err.__class__.__name__})") from None
     if not text:
-        raise ValueError(f"--prompt-file {path}: the file is empty")
+        raise InputError(f"--prompt-file {path}: the file is empty")
     return text
 
 
@@ -35,7 +37,7 @@ def humaneval(ids: Sequence[str]) -> List[str]:
     for raw in ids:
         task = raw.strip() if raw.strip().startswith("HumanEval/") else f"HumanEval/{raw.strip()}"
         if task not in problems:
-            raise ValueError(f"--humaneval {raw!r}: unknown task id (expected HumanEval/0 .. "
+            raise InputError(f"--humaneval {raw!r}: unknown task id (expected HumanEval/0 .. "
                              f"HumanEval/{len(problems) - 1} or 0 .. {len(problems) - 1})")
         prompts.append(problems[task])
     return prompts

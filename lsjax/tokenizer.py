@@ -20,6 +20,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from lsjax.errors import InputError
+
 # The special tokens of `train_bpe`, in id order: Llama-2 numbering (bos=1, eos=2) with <pad>
 # in Llama-2's unused id 0 (Llama-2 has <unk> there; byte-level BPE never needs one).
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -32,7 +34,7 @@ _CONVENTIONAL = {
 }
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """A tokenizer file is missing, unreadable or inconsistent, or a needed special token is absent.
 
     The message is one line that names the file, so it reads well in logs and CLI errors.
@@ -227,7 +229,7 @@ def train_bpe(
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     specials = [PAD, BOS, EOS]
     if vocab_size < len(alphabet) + len(specials):
-        raise ValueError(f"vocab_size {vocab_size} is too small: the 256 bytes and {len(specials)} special tokens need"
+        raise TokenizerError(f"vocab_size {vocab_size} is too small: the 256 bytes and {len(specials)} special tokens need"
                          f" {len(alphabet) + len(specials)}")
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -19,15 +19,21 @@ def test_exit_scales_equal_hand_computed():
 
 def test_no_curriculum_normalises_over_all_layers():
     sel = ee.select_layers("none", 4, step=5, total_steps=10, e_scale=0.2)
-    np.testing.assert_array_equal(sel.layers, [0, 1, 2, 3])
-    np.testing.assert_allclose(sel.weights, np.asarray([0.0, 0.2, 0.6, 3.6]) / 4.4, atol=1e-6)
+    np.testing.assert_array_equal(sel.layers, [1, 2, 3])  # e(0) = 0: layer 0 needs no unembedding
+    np.testing.assert_allclose(sel.weights, np.asarray([0.2, 0.6, 3.6]) / 4.4, atol=1e-6)
+
+
+def test_zero_e_scale_selects_only_the_last_layer():
+    sel = ee.select_layers("rotational", 6, step=3, total_steps=10, e_scale=0.0, rotation=2)
+    np.testing.assert_array_equal(sel.layers, [5])
+    np.testing.assert_allclose(sel.weights, [1.0])
 
 
 @pytest.mark.parametrize("step,layers,weights", [
-    # L = 5, e_scale = 1: e = [0, 1, 3, 6, 10]; R = 2 -> K = ceil(5/2) + 1 = 4 slots
-    (0, [0, 2, 4, 4], [0.0, 3 / 13, 10 / 13, 0.0]),
+    # L = 5, e_scale = 1: e = [0, 1, 3, 6, 10]; R = 2 -> K = min(L - 1, ceil(5/2) + 1) = 4 slots
+    (0, [2, 4, 4, 4], [3 / 13, 10 / 13, 0.0, 0.0]),  # enabled {0, 2, 4}; e(0) = 0 takes no slot
     (1, [1, 3, 4, 4], [1 / 17, 6 / 17, 10 / 17, 0.0]),
-    (2, [0, 2, 4, 4], [0.0, 3 / 13, 10 / 13, 0.0]),
+    (2, [2, 4, 4, 4], [3 / 13, 10 / 13, 0.0, 0.0]),
 ])
 def test_rotational_curriculum_equals_hand_computed(step, layers, weights):
     sel = ee.select_layers("rotational", 5, step=step, total_steps=100, e_scale=1.0, rotation=2)
@@ -100,3 +106,9 @@ def test_last_layer_distils_nothing_from_itself():
     out = ee.early_exit_loss(TINY, params, hidden, targets, sel, beta=1.0)
     assert float(out.layer_kl[-1]) == pytest.approx(0.0, abs=1e-6)
     assert float(out.layer_kl[0]) > 1e-3
+    assert float(out.layer_agreement[0]) == 0.0  # not measured unless asked
+    measured = ee.early_exit_loss(TINY, params, hidden, targets, sel, measure_agreement=True)
+    assert float(measured.layer_agreement[-1]) == 1.0
+    exit_top1 = model.unembed(TINY, params, hidden[1]).argmax(-1)  # slot 0 is layer 1
+    want = jnp.mean(exit_top1 == model.unembed(TINY, params, hidden[-1]).argmax(-1))
+    assert float(measured.layer_agreement[0]) == pytest.approx(float(want), abs=1e-6)

@@ -1,0 +1,20 @@
+"""The embedded default model: a small Llama trained on the Python standard library on 2 CPU cores.
+
+Its tokenizer is a byte-level BPE trained on the same corpus's train split. Exported to models/embedded
+(Hugging Face format) by:
+    python train.py --config configs/embedded.py --workdir workdirs/embedded --config.export_dir=models/embedded
+"""
+
+from configs import base
+
+
+def get_config():
+    cfg = base.get_config()
+    cfg.model.update(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=8, num_heads=8,
+                     num_kv_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+    cfg.tokenizer.vocab_size = 4096
+    cfg.data.update(source="python_stdlib", seq_len=256)
+    cfg.train.update(steps=1500, batch_size=16, warmup_steps=100, learning_rate=2e-3, end_lr_ratio=0.05,
+                     p_max=0.1, e_scale=1.0, curriculum="rotational", rotation=2, self_distill_beta=1.0,
+                     loss_chunk_size=1024, log_every=10, eval_every=250, eval_batches=8, checkpoint_every=250)
+    return cfg

@@ -1,0 +1,223 @@
+"""The training loop: state, jitted step, held-out exit evaluation, orbax checkpoints, metrics and export.
+
+Everything a resumed run needs is in the checkpoint (params, optimizer state, step, data iterator
+position); random draws derive from (seed, step, sample index), so a run killed at any point and
+resumed ends bit-identical to an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from lsjax import data, hf, model, objective, plots, tokenizer as tokenizer_lib
+from lsjax.config import ConfigError, LlamaConfig
+from lsjax.train_config import model_config_from, validate_train_config
+
+METRICS_FILE = "metrics.jsonl"
+
+
+# --- optimiser ---------------------------------------------------------------------------------------------
+
+def lr_schedule(train_cfg) -> optax.Schedule:
+    """Linear warmup to the peak, then cosine decay to end_lr_ratio x peak at the last step."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
+        decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
+        end_value=train_cfg.learning_rate * train_cfg.end_lr_ratio)
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+    """AdamW on the schedule with global-norm clipping; no weight decay on norm scales."""
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(getattr(k, "key", None) == "scale" for k in path), params)
+    return optax.chain(
+        optax.clip_by_global_norm(train_cfg.grad_clip),
+        optax.adamw(lr_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay,
+                    mask=decay_mask))
+
+
+# --- the step ---------------------------------------------------------------------------------------------
+
+def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state, batch):
+    """One optimiser update over a global batch split into `grad_accum` micro-batches (summed in a scan)."""
+    step = state["step"]
+    micro = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+    grad_fn = jax.value_and_grad(functools.partial(objective.layerskip_loss, config, recipe), has_aux=True)
+
+    def accumulate(grads, micro_batch):
+        (loss, (out, layers)), g = grad_fn(state["params"], micro_batch, step)
+        stats = {"loss": loss, "layer_loss": out.layer_loss, "layer_accuracy": out.layer_accuracy,
+                 "layers": layers}
+        return jax.tree.map(jnp.add, grads, g), stats
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    grads, stats = jax.lax.scan(accumulate, zeros, micro)
+    grads = jax.tree.map(lambda g: g / grad_accum, grads)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    layers = stats.pop("layers")[0]
+    stats = jax.tree.map(lambda x: jnp.mean(x, axis=0), stats)
+    per_layer = lambda v: jnp.full((config.num_layers,), jnp.nan).at[layers].set(v)
+    metrics = {"loss": stats["loss"], "grad_norm": optax.global_norm(grads),
+               "layer_loss": per_layer(stats["layer_loss"]), "layer_accuracy": per_layer(stats["layer_accuracy"])}
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+
+def _eval_sums(config, chunk_size, params, batch):
+    return objective.evaluate_exits(config, params, batch, chunk_size)
+
+
+def evaluate(eval_fn, params, batches) -> Dict[str, list]:
+    """Per-layer held-out loss, perplexity, top-1 accuracy and agreement with the last layer."""
+    totals, count = None, 0.0
+    for batch in batches:
+        sums, n = eval_fn(params, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        count += float(n)
+    loss, accuracy, agreement = (np.asarray(t) / max(count, 1.0) for t in totals)
+    return {"layer_loss": loss.tolist(), "layer_perplexity": np.exp(loss).tolist(),
+            "layer_accuracy": accuracy.tolist(), "layer_agreement": agreement.tolist(), "tokens": int(count)}
+
+
+# --- setup ------------------------------------------------------------------------------------------------
+
+def _tokenizer(cfg, workdir: Path):
+    """The configured tokenizer, the init checkpoint's, or a BPE trained on the corpus (kept in workdir)."""
+    if cfg.tokenizer.path:
+        return tokenizer_lib.load(cfg.tokenizer.path)
+    if cfg.init_from:
+        return tokenizer_lib.load(cfg.init_from)
+    saved = workdir / "tokenizer"
+    if (saved / "tokenizer.json").exists():
+        return tokenizer_lib.load(saved)
+    files = data.training_files(cfg.data)
+    print(f"training a {cfg.tokenizer.vocab_size}-token byte-level BPE on {len(files)} files", file=sys.stderr)
+    tok = tokenizer_lib.train_bpe(files, cfg.tokenizer.vocab_size)
+    tok.save(saved)
+    return tok
+
+
+def _model_config(cfg, tok) -> LlamaConfig:
+    if cfg.init_from:
+        return hf.load_config(cfg.init_from, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype)
+    config = model_config_from(cfg)
+    if tok.vocab_size > config.vocab_size:
+        raise ConfigError(f"model.vocab_size={config.vocab_size}: the tokenizer has {tok.vocab_size} tokens")
+    return config.replace(bos_token_id=tok.bos_id, eos_token_ids=tuple(tok.eos_ids) if tok.eos_ids else (),
+                          pad_token_id=tok.pad_id)
+
+
+def _initial_params(cfg, config: LlamaConfig):
+    if cfg.init_from:
+        _, params = hf.load(cfg.init_from, param_dtype=config.param_dtype, dtype=config.dtype)
+        return params
+    return model.init(config, jax.random.key(cfg.train.seed))
+
+
+class MetricsLog:
+    """Appends one JSON object per event to workdir/metrics.jsonl (flushed, so a killed run loses nothing)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, event: str, step: int, **values) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
+
+
+def _with_sample_index(batch, step: int, batch_size: int):
+    batch = dict(batch)
+    batch["sample_index"] = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64) % (2 ** 31)
+    return batch
+
+
+def run(cfg, workdir) -> Dict[str, Any]:
+    """Trains (or resumes) per `cfg` in `workdir`; returns the last held-out evaluation."""
+    validate_train_config(cfg)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    t = cfg.train
+    train_source, eval_source = data.sources(cfg.data)
+    tok = _tokenizer(cfg, workdir)
+    config = _model_config(cfg, tok)
+    batches = data.make_batches(train_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
+                                seed=t.seed)
+    optimizer = make_optimizer(t)
+    recipe = objective.Recipe.from_config(t)
+    schedule = lr_schedule(t)
+
+    manager = ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
+                                             enable_async_checkpointing=True))
+    abstract = jax.eval_shape(lambda: _fresh_state(config, optimizer, model.init(config, jax.random.key(0))))
+    latest = manager.latest_step()
+    if latest is None:
+        state = _fresh_state(config, optimizer, _initial_params(cfg, config))
+    else:
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state = restored.state
+        batches.set_state(restored.data)
+        print(f"resumed from step {latest} in {workdir}", file=sys.stderr)
+
+    step_fn = jax.jit(functools.partial(train_step, config, recipe, optimizer, t.grad_accum), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(_eval_sums, config, t.loss_chunk_size))
+    eval_batches = lambda: data.eval_batches(eval_source, tok, seq_len=cfg.data.seq_len,
+                                             global_batch_size=t.batch_size, num_batches=t.eval_batches)
+    log = MetricsLog(workdir / METRICS_FILE)
+    step = int(state["step"])
+    tokens_per_step = t.batch_size * cfg.data.seq_len
+    last_eval = None
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    try:
+        window_start, window_steps = time.perf_counter(), 0
+        while step < t.steps:
+            batch = _with_sample_index(next(batches), step, t.batch_size)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            window_steps += 1
+            if step % t.log_every == 0 or step == t.steps:
+                metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
+                elapsed = time.perf_counter() - window_start
+                tps = window_steps * tokens_per_step / elapsed
+                log.write("train", step, tokens_per_second=tps, learning_rate=float(schedule(step - 1)), **metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if step % t.eval_every == 0 or step == t.steps:
+                last_eval = evaluate(eval_fn, state["params"], eval_batches())
+                log.write("eval", step, **last_eval)
+                plots.training_curves(workdir / METRICS_FILE, workdir / "plots")
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       data=ocp.args.JsonSave(batches.get_state())),
+                         force=step == t.steps)
+            bar.update(1)
+    except KeyboardInterrupt:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(batches.get_state())), force=True)
+        manager.wait_until_finished()
+        print(f"\ninterrupted: saved step {step} to {workdir}; run the same command to resume", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+    manager.wait_until_finished()
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
+    hf.save(export_dir, config, jax.device_get(state["params"]), tokenizer=tok)
+    return {"step": step, "eval": last_eval, "export_dir": str(export_dir)}
+
+
+def _fresh_state(config, optimizer, params):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}

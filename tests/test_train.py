@@ -1,0 +1,123 @@
+"""Training end to end on configs/tiny.py: the loss falls, a SIGKILLed run resumes exactly, bad configs fail early."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from lsjax import hf, train_config
+from lsjax.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**train_overrides):
+    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT))
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.train.update(train_overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _train_command(workdir, data_dir, *flags):
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.py"),
+            "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *flags]
+
+
+def _run(workdir, data_dir, *flags):
+    return subprocess.run(_train_command(workdir, data_dir, *flags), capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+def test_tiny_config_trains_and_loss_falls(tmp_path, data_dir):
+    from lsjax import train
+    cfg = tiny_config()
+    cfg.data.data_dir = data_dir
+    result = train.run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if row["event"] == "train"]
+    assert losses[-1] < losses[0] - 0.5, losses
+    evals = [row for row in rows if row["event"] == "eval"]
+    assert evals and len(evals[-1]["layer_accuracy"]) == cfg.model.num_layers
+    # held out, the last exit beats the uniform guess that a freshly initialised model makes
+    assert evals[-1]["layer_loss"][-1] < np.log(cfg.model.vocab_size) - 0.1, evals[-1]["layer_loss"]
+    assert (tmp_path / "plots" / "layer_loss.png").exists() and (tmp_path / "plots" / "exit_curve.png").exists()
+    config, params = hf.load(result["export_dir"])
+    assert config.num_layers == cfg.model.num_layers and result["step"] == cfg.train.steps
+
+
+def test_sigkilled_run_resumes_to_identical_params(tmp_path, data_dir):
+    flags = ("--config.train.steps=16", "--config.train.checkpoint_every=4", "--config.train.eval_every=8")
+    straight = _run(tmp_path / "straight", data_dir, *flags)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(killed_dir, data_dir, *flags), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    checkpoints = killed_dir / "checkpoints"
+    while time.time() < deadline and process.poll() is None:
+        done = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()] if checkpoints.exists() else []
+        if done and max(done) >= 8:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "hf").exists()
+
+    resumed = _run(killed_dir, data_dir, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from step" in resumed.stderr
+    a = load_file(tmp_path / "straight" / "hf" / hf.WEIGHTS_NAME)
+    b = load_file(killed_dir / "hf" / hf.WEIGHTS_NAME)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("train.p_max", 1.5, "train.p_max=1.5"),
+    ("train.e_scale", -0.1, "train.e_scale=-0.1"),
+    ("train.rotation", 0, "train.rotation=0"),
+    ("train.layer_dropout_scale", "cubic", "train.layer_dropout_scale='cubic'"),
+    ("train.curriculum", "zigzag", "train.curriculum='zigzag'"),
+    ("train.batch_size", 0, "train.batch_size=0"),
+    ("data.seq_len", -4, "data.seq_len=-4"),
+])
+def test_bad_config_values_are_one_line_errors(key, value, needle):
+    cfg = tiny_config()
+    section, name = key.split(".")
+    cfg[section][name] = value
+    with pytest.raises(ConfigError) as err:
+        train_config.validate_train_config(cfg)
+    assert needle in str(err.value) and "expected" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_exits_2_before_compiling(tmp_path, data_dir):
+    result = _run(tmp_path / "bad", data_dir, "--config.train.p_max=0.2", "--config.train.curriculum=spiral")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: train.curriculum='spiral'")
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_unprepared_tfds_dataset_is_a_one_line_error(tmp_path, data_dir):
+    result = _run(tmp_path / "tfds", data_dir, "--config.data.source=tfds", "--config.data.name=no_such_dataset")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no_such_dataset" in last
