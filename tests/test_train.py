@@ -44,11 +44,18 @@ def _run(workdir, data_dir, *flags):
                           timeout=600)
 
 
-def test_tiny_config_trains_and_loss_falls(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    """(config, workdir, result) of one configs/tiny.py run from scratch."""
     from lsjax import train
+    workdir = tmp_path_factory.mktemp("tiny")
     cfg = tiny_config()
     cfg.data.data_dir = data_dir
-    result = train.run(cfg, tmp_path)
+    return cfg, workdir, train.run(cfg, workdir)
+
+
+def test_tiny_config_trains_and_loss_falls(tiny_run):
+    cfg, tmp_path, result = tiny_run
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in rows if row["event"] == "train"]
     assert losses[-1] < losses[0] - 0.5, losses
@@ -59,6 +66,23 @@ def test_tiny_config_trains_and_loss_falls(tmp_path, data_dir):
     assert (tmp_path / "plots" / "layer_loss.png").exists() and (tmp_path / "plots" / "exit_curve.png").exists()
     config, params = hf.load(result["export_dir"])
     assert config.num_layers == cfg.model.num_layers and result["step"] == cfg.train.steps
+
+
+def test_continual_pretraining_starts_from_the_hf_checkpoint(tiny_run, tmp_path, data_dir):
+    from lsjax import train
+    _, _, first = tiny_run
+    cfg = tiny_config(steps=2, learning_rate=1e-12, warmup_steps=0, eval_every=2)
+    cfg.data.data_dir = data_dir
+    cfg.init_from = first["export_dir"]
+    cfg.model.num_layers = 7  # ignored: the architecture and tokenizer come from the checkpoint
+    result = train.run(cfg, tmp_path)
+    before, after = load_file(Path(first["export_dir"]) / hf.WEIGHTS_NAME), load_file(
+        Path(result["export_dir"]) / hf.WEIGHTS_NAME)
+    assert before.keys() == after.keys()
+    for name in before:  # a 1e-12 learning rate moves no weight visibly
+        np.testing.assert_allclose(after[name], before[name], atol=1e-6, err_msg=name)
+    assert (Path(result["export_dir"]) / "tokenizer.json").read_text() == (
+        Path(first["export_dir"]) / "tokenizer.json").read_text()
 
 
 def test_sigkilled_run_resumes_to_identical_params(tmp_path, data_dir):
@@ -114,6 +138,17 @@ def test_cli_exits_2_before_compiling(tmp_path, data_dir):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: train.curriculum='spiral'")
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.train.pmax=0.2", "error: --config.train.pmax: unknown config key 'pmax' (did you mean 'p_max'?)"),
+    ("--config.train.steps=abc", "error: flag --config.train.steps=abc: invalid literal for int()"),
+    ("--config=configs/no_such.py", "error: --config: [Errno 2] No such file or directory"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, data_dir, flag, message):
+    result = _run(tmp_path / "flags", data_dir, flag)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_unprepared_tfds_dataset_is_a_one_line_error(tmp_path, data_dir):
