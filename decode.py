@@ -1,10 +1,14 @@
-"""Decode with an lsjax model.
+"""Decode with an lsjax model: self-speculative by default, streaming the text, then timing it.
 
     python decode.py [--checkpoint DIR] [--prompt TEXT | --prompt-file F | --humaneval IDS]
-                     [--max-new-tokens N] [--json]
+                     [--strategy autoregressive|early_exit|self_speculative] [--exit-layer E]
+                     [--num-speculations D] [--max-new-tokens N] [--batch-size B]
+                     [--temperature T --top-k K --top-p P --seed S] [--show-drafts] [--json]
 
-DIR is a Hugging Face Llama directory (config.json, safetensors, tokenizer.json); the default is the
-embedded model at models/embedded. Bad input ends with a one-line error and exit code 2.
+DIR is a Hugging Face Llama directory (config.json, safetensors, tokenizer.json) or an lsjax training
+workdir (its latest checkpoint); the default is the embedded model at models/embedded. Without --json the
+first prompt's text streams as it is generated, then the tokens/s of the strategy and of autoregressive
+decoding on the same prompts are printed (compilation excluded). Bad input: one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -12,44 +16,85 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "embedded"
+COLOURS = {1: "\033[32m", 2: "\033[0m"}  # accepted draft tokens green, the full model's tokens plain
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                        help="Hugging Face Llama directory (default: models/embedded)")
+                        help="Hugging Face Llama directory or lsjax training workdir (default: models/embedded)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", type=Path, help="file whose text is the prompt")
     source.add_argument("--humaneval", default="HumanEval/0",
                         help="comma-separated HumanEval task ids or indices (default: HumanEval/0)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--strategy", default="self_speculative",
+                        help="autoregressive, early_exit or self_speculative (default)")
+    parser.add_argument("--exit-layer", type=int, default=None, help="E (default: a quarter of the layers)")
+    parser.add_argument("--num-speculations", type=int, default=4, help="d, drafts per round (default 4)")
+    parser.add_argument("--schedule", default="fixed", help="fixed, or heuristic (d +2 / -1 per round)")
+    parser.add_argument("--confidence", type=float, default=0.0,
+                        help="end a round's drafting when the draft's top probability falls below this")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="decode this many rows, cycling through the prompts (default: one per prompt)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show-drafts", action="store_true",
+                        help="colour accepted draft tokens green (on a terminal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser.parse_args(argv)
 
 
 def read_prompts(args) -> list[str]:
     from lsjax import prompts
+    from lsjax.errors import InputError
     if args.prompt is not None:
-        return [args.prompt]
-    if args.prompt_file is not None:
-        return [prompts.read_text_file(args.prompt_file)]
-    return prompts.humaneval(args.humaneval.split(","))
+        texts = [args.prompt]
+    elif args.prompt_file is not None:
+        texts = [prompts.read_text_file(args.prompt_file)]
+    else:
+        texts = prompts.humaneval(args.humaneval.split(","))
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise InputError(f"--batch-size={args.batch_size}: expected a positive integer")
+        texts = [texts[i % len(texts)] for i in range(args.batch_size)]
+    return texts
 
 
 def load_model(checkpoint: Path):
-    from lsjax import demo, hf, tokenizer
-    if checkpoint == DEFAULT_CHECKPOINT and not checkpoint.exists():
-        print(f"note: {checkpoint} is not trained yet (configs/embedded.py, issue 3); decoding with a random "
-              "untrained model, so the text is noise: this run shows the pipeline, not a model.", file=sys.stderr)
-        return demo.random_model()
+    from lsjax import hf, tokenizer, train
+    if (checkpoint / "checkpoints").is_dir():
+        return train.load_workdir(checkpoint)
     config, params = hf.load(checkpoint)
     return config, params, tokenizer.load(checkpoint)
+
+
+def options_from(args):
+    from lsjax.generation import Options
+    return Options(strategy=args.strategy, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
+                   schedule=args.schedule, confidence=args.confidence, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
+    """Prints the first prompt and its continuation as the device produces it."""
+    sys.stdout.write(prompt)
+    ids = []
+    for new_ids, kinds in decoder.stream(batch):
+        for token, kind in zip(new_ids.tolist(), kinds.tolist()):
+            before = decoder.tok.decode(ids)
+            ids.append(token)
+            piece = decoder.tok.decode(ids)[len(before):]
+            sys.stdout.write(f"{COLOURS[kind]}{piece}\033[0m" if colour else piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 def main(argv=None) -> int:
@@ -57,23 +102,36 @@ def main(argv=None) -> int:
     from lsjax import generation
     from lsjax.errors import InputError
     try:
-        if args.max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens={args.max_new_tokens}: expected a positive integer")
         texts = read_prompts(args)
         config, params, tok = load_model(args.checkpoint)
+        options = options_from(args)
+        decoder = generation.Decoder(config, params, tok, options)
         batch = generation.encode_prompts(tok, texts)
-        generation.check_fits(config, batch, args.max_new_tokens)
+        generation.check_fits(config, batch, options.max_new_tokens)
     except InputError as err:  # bad checkpoint, tokenizer, config, prompt or flag
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = generation.run_greedy(config, params, tok, batch, args.max_new_tokens)
+    if not args.json:
+        stream_text(decoder, batch, texts[0], colour=args.show_drafts and sys.stdout.isatty())
+    result = decoder.generate(batch)
+    if options.strategy != "autoregressive":
+        import dataclasses
+        baseline = generation.Decoder(config, params, tok, dataclasses.replace(options, strategy="autoregressive"))
+        reference = baseline.generate(batch)
+        result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]
+        result["speedup"] = result["tokens_per_second"] / reference["tokens_per_second"]
     if args.json:
         print(json.dumps(result))
-    else:
-        for text, row in zip(texts, result["outputs"]):
-            print(text + row["text"])
-            print(f"-- {row['new_tokens']} tokens in {row['seconds']:.2f} s "
-                  f"({row['tokens_per_second']:.1f} tokens/s, compilation excluded)", file=sys.stderr)
+        return 0
+    summary = f"-- {result['new_tokens']} tokens in {result['seconds']:.2f} s: {result['tokens_per_second']:.1f} tokens/s"
+    drafted = sum(row["drafted"] for row in result["outputs"])
+    if drafted:
+        accepted = sum(row["accepted"] for row in result["outputs"])
+        summary += f", acceptance {accepted / drafted:.2f} ({accepted}/{drafted} drafts)"
+    if "speedup" in result:
+        summary += (f"; autoregressive {result['autoregressive_tokens_per_second']:.1f} tokens/s, "
+                    f"speedup {result['speedup']:.2f}x")
+    print(summary + " (compilation excluded)", file=sys.stderr)
     return 0
 
 

@@ -1,19 +1,26 @@
-"""Host side of generation: encode and pad prompts to length buckets, check they fit, time the loop."""
+"""Host side of decoding: options and their checks, prompt buckets, timing without compilation, streaming.
+
+Prompts are right-padded to a multiple of `BUCKET` tokens and the output buffer to a multiple of
+`OUTPUT_BUCKET`, so a new prompt or a different max_new_tokens in the same buckets reuses the compiled loop.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Dict, List, NamedTuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsjax import decoding
 from lsjax.config import LlamaConfig
 from lsjax.errors import InputError
-from lsjax.decoding import autoregressive
 
-BUCKET = 64  # prompts are right-padded to a multiple of this, so new prompt lengths rarely recompile
+BUCKET = 64
+OUTPUT_BUCKET = 64
+SCHEDULES = ("fixed", "heuristic")
 
 
 class PromptBatch(NamedTuple):
@@ -21,8 +28,58 @@ class PromptBatch(NamedTuple):
     lengths: np.ndarray  # [B]
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What a user asks of a decode; `check` validates it against the model before anything compiles."""
+
+    strategy: str = "self_speculative"
+    exit_layer: Optional[int] = None  # default: a quarter of the layers (at least 1)
+    num_speculations: int = 4
+    schedule: str = "fixed"
+    confidence: float = 0.0  # stop a round's drafting below this top probability; 0 = never
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def check(self, config: LlamaConfig) -> "Options":
+        """The options with defaults filled in, or a one-line InputError naming the bad value."""
+        layers = config.num_layers
+        exit_layer = max(1, layers // 4) if self.exit_layer is None else self.exit_layer
+        _require(self.strategy in decoding.STRATEGIES, f"strategy={self.strategy!r}: expected one of "
+                 f"{list(decoding.STRATEGIES)}")
+        if self.strategy != "autoregressive":
+            _require(1 <= exit_layer <= layers - 1, f"exit layer E={exit_layer}: expected 1 <= E <= {layers - 1} "
+                     f"(the model has {layers} layers)")
+        _require(self.num_speculations >= 1, f"num_speculations d={self.num_speculations}: expected d >= 1")
+        _require(self.schedule in SCHEDULES, f"schedule={self.schedule!r}: expected one of {list(SCHEDULES)}")
+        _require(0.0 <= self.confidence < 1.0, f"confidence={self.confidence}: expected 0 <= confidence < 1")
+        _require(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: expected a positive integer")
+        _require(self.temperature >= 0.0, f"temperature={self.temperature}: expected temperature >= 0 (0 = greedy)")
+        _require(self.top_k >= 0, f"top_k={self.top_k}: expected top_k >= 0 (0 = off)")
+        _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")
+        return dataclasses.replace(self, exit_layer=exit_layer)
+
+    def settings(self, config: LlamaConfig, pad_id: int) -> decoding.Settings:
+        output_size = -(-self.max_new_tokens // OUTPUT_BUCKET) * OUTPUT_BUCKET
+        return decoding.Settings(
+            strategy=self.strategy, exit_layer=self.exit_layer if self.strategy != "autoregressive" else 0,
+            num_speculations=self.num_speculations if self.strategy == "self_speculative" else 1,
+            schedule=self.schedule, sampling=decoding.Sampling(greedy=self.temperature == 0.0, top_k=self.top_k),
+            eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size)
+
+    def knobs(self) -> decoding.Knobs:
+        return decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
 def encode_prompts(tok, texts: List[str]) -> PromptBatch:
-    if not all(texts):
+    if not texts or not all(texts):
         raise InputError("empty prompt: give at least one character of text")
     encoded = [tok.encode(text, add_bos=True) for text in texts]
     width = -(-max(len(ids) for ids in encoded) // BUCKET) * BUCKET
@@ -32,10 +89,6 @@ def encode_prompts(tok, texts: List[str]) -> PromptBatch:
     return PromptBatch(tokens, np.asarray([len(ids) for ids in encoded], np.int32))
 
 
-def cache_length(batch: PromptBatch, max_new_tokens: int) -> int:
-    return batch.tokens.shape[1] + max_new_tokens
-
-
 def check_fits(config: LlamaConfig, batch: PromptBatch, max_new_tokens: int) -> None:
     need = int(batch.lengths.max()) + max_new_tokens
     if need > config.max_position_embeddings:
@@ -43,18 +96,76 @@ def check_fits(config: LlamaConfig, batch: PromptBatch, max_new_tokens: int) -> 
                          f"exceeds the model's max_position_embeddings={config.max_position_embeddings}")
 
 
-def run_greedy(config: LlamaConfig, params, tok, batch: PromptBatch, max_new_tokens: int) -> Dict:
-    """Compiles once, then times a second run: the figure excludes compilation."""
-    args = (config, params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), max_new_tokens)
-    kwargs = dict(max_length=cache_length(batch, max_new_tokens), output_size=max_new_tokens,
-                  eos_ids=tuple(config.eos_token_ids), pad_id=tok.pad_id or 0)
-    jax.block_until_ready(autoregressive.greedy(*args, **kwargs))
-    start = time.perf_counter()
-    out = jax.block_until_ready(autoregressive.greedy(*args, **kwargs))
-    seconds = time.perf_counter() - start
-    outputs = []
-    for row, n in zip(np.asarray(out.tokens), np.asarray(out.num_tokens)):
-        ids = row[:n].tolist()
-        outputs.append({"token_ids": ids, "text": tok.decode(ids), "new_tokens": int(n), "seconds": seconds,
-                        "tokens_per_second": int(n) / seconds})
-    return {"strategy": "autoregressive", "outputs": outputs}
+class Decoder:
+    """One model, tokenizer and set of options; compiles each loop once and reuses it for every batch."""
+
+    def __init__(self, config: LlamaConfig, params, tok, options: Options):
+        self.config, self.params, self.tok = config, params, tok
+        self.options = options.check(config)
+        self.settings = self.options.settings(config, tok.pad_id or 0)
+        self.knobs = self.options.knobs()
+        self._compiled = {}  # prompt batch shape -> the compiled decode for that bucket
+
+    def _args(self, batch: PromptBatch):
+        return (self.config, self.params, self.settings, *self._traced(batch))
+
+    def _traced(self, batch: PromptBatch):
+        """The arguments of `decoding.generate` after config, params and settings."""
+        return (jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), self.options.max_new_tokens,
+                jax.random.key(self.options.seed), self.knobs)
+
+    def _max_length(self, batch: PromptBatch) -> int:
+        return decoding.cache_length(self.settings, batch.tokens.shape[1])
+
+    def compiled(self, batch: PromptBatch):
+        """The whole decode for this batch's bucket, compiled ahead of time once per bucket."""
+        shape = batch.tokens.shape
+        if shape not in self._compiled:
+            lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch))
+            self._compiled[shape] = lowered.compile()
+        return self._compiled[shape]
+
+    def generate(self, batch: PromptBatch) -> Dict:
+        """Decodes a batch; the time excludes compilation. Returns per-row outputs and statistics."""
+        check_fits(self.config, batch, self.options.max_new_tokens)
+        compiled = self.compiled(batch)
+        traced = self._traced(batch)
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(self.params, *traced))  # config and settings are baked in
+        seconds = time.perf_counter() - start
+        return self.report(out, seconds)
+
+    def report(self, out: decoding.Output, seconds: float) -> Dict:
+        out = jax.device_get(out)
+        rows = []
+        for b, n in enumerate(out.num_tokens):
+            ids = out.tokens[b, :n].tolist()
+            drafted, accepted = int(out.drafted[b]), int(out.accepted[b])
+            rows.append({"token_ids": ids, "text": self.tok.decode(ids), "new_tokens": int(n),
+                         "drafted": drafted, "accepted": accepted, "rounds": int(out.rounds[b]),
+                         "acceptance_rate": accepted / drafted if drafted else None})
+        total = int(np.sum(out.num_tokens))
+        return {"strategy": self.options.strategy, "exit_layer": self.settings.exit_layer or None,
+                "num_speculations": self.settings.num_speculations if self.options.strategy == "self_speculative"
+                else None, "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds,
+                "outputs": rows}
+
+    def stream(self, batch: PromptBatch, rounds_per_chunk: int = 4) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
+
+        The loop state is donated between chunks, so streaming costs one dispatch and one small transfer per
+        chunk, not a copy of the cache.
+        """
+        check_fits(self.config, batch, self.options.max_new_tokens)
+        args = self._args(batch)
+        state = decoding.start(*args, max_length=self._max_length(batch))
+        shown = 0
+        while True:
+            count, done = jax.device_get((state.count[0], state.done[0]))
+            if count > shown:
+                ids, kinds = jax.device_get((state.tokens[0, shown:count], state.kinds[0, shown:count]))
+                yield ids, kinds
+                shown = int(count)
+            if bool(done):
+                return
+            state = decoding.run(self.config, self.params, self.settings, state, self.knobs, rounds_per_chunk)

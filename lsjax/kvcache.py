@@ -57,9 +57,14 @@ class KVCache:
         return self.replace(length=jnp.asarray(length, jnp.int32))
 
 
-def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
-    """An empty cache of `max_length` slots per row, in the compute dtype unless `dtype` is given."""
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None,
+               num_layers: Optional[int] = None) -> KVCache:
+    """An empty cache of `max_length` slots per row, in the compute dtype unless `dtype` is given.
+
+    num_layers: buffers for layers [0, num_layers) only (early exit never touches the rest); default all.
+    """
+    num_layers = config.num_layers if num_layers is None else num_layers
+    shape = (num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
     dtype = config.jnp_dtype if dtype is None else dtype
     zeros = jnp.zeros((batch_size,), jnp.int32)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), start=zeros, length=zeros)
@@ -92,20 +97,25 @@ def _check_room(cache: KVCache, num_tokens: int) -> None:
                          f"holds max_length={cache.max_length}")
 
 
-def extend(config: LlamaConfig, params, cache: KVCache, tokens) -> Tuple[jax.Array, KVCache]:
-    """Appends token ids [B, T] to every row (T >= 1, causal among themselves): float32 logits [B, T, V]."""
+def extend(config: LlamaConfig, params, cache: KVCache, tokens, depth: Optional[int] = None
+           ) -> Tuple[jax.Array, KVCache]:
+    """Appends token ids [B, T] to every row (T >= 1, causal among themselves): float32 logits [B, T, V].
+
+    depth: run layers [0, depth) and exit through the shared head (early exit); default all layers.
+    """
     _check_room(cache, tokens.shape[1])
-    out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, config.num_layers)
+    depth = config.num_layers if depth is None else depth
+    out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, depth)
     return model.unembed(config, params, out.x), cache.replace(length=cache.length + tokens.shape[1])
 
 
-def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths, padding: str = "right"
-            ) -> Tuple[jax.Array, KVCache]:
+def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths, padding: str = "right",
+            depth: Optional[int] = None) -> Tuple[jax.Array, KVCache]:
     """Writes a padded prompt batch [B, T] into an empty cache; returns logits [B, T, V] and the cache.
 
     prompt_lengths [B]: real tokens per row. padding='right': row b's prompt is tokens[b, :n_b];
     'left': tokens[b, T - n_b:]. The logits at padding slots are meaningless. Use `last_token_logits`
-    to pick each row's next-token distribution.
+    to pick each row's next-token distribution. depth: as in `extend`.
     """
     if padding not in ("left", "right"):
         raise ValueError(f"padding={padding!r}: expected 'left' or 'right'")
@@ -120,7 +130,8 @@ def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths,
     else:
         cache = cache.replace(start=t - prompt_lengths, length=zeros)
         new_length = jnp.full((b,), t, jnp.int32)
-    out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, config.num_layers)
+    depth = config.num_layers if depth is None else depth
+    out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, depth)
     return model.unembed(config, params, out.x), cache.replace(length=new_length)
 
 

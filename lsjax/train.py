@@ -16,6 +16,7 @@ from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from lsjax import data, hf, model, objective, plots, tokenizer as tokenizer_lib
 from lsjax.config import ConfigError, LlamaConfig
+from lsjax.hf import CheckpointError
 from lsjax.train_config import model_config_from, validate_train_config
 
 METRICS_FILE = "metrics.jsonl"
@@ -217,6 +219,25 @@ def run(cfg, workdir) -> Dict[str, Any]:
     export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
     hf.save(export_dir, config, jax.device_get(state["params"]), tokenizer=tok)
     return {"step": step, "eval": last_eval, "export_dir": str(export_dir)}
+
+
+def load_workdir(workdir) -> tuple:
+    """(model config, params, tokenizer) of the latest checkpoint in a training workdir, for decoding."""
+    workdir = Path(workdir)
+    try:
+        cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{workdir}: not an lsjax training workdir (config.json: {type(err).__name__})") from None
+    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"{workdir}: a training workdir without any checkpoint yet")
+    tok = _tokenizer(cfg, workdir)
+    config = _model_config(cfg, tok)
+    abstract = jax.eval_shape(lambda: _fresh_state(config, make_optimizer(cfg.train),
+                                                   model.init(config, jax.random.key(0))))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return config, restored.state["params"], tok
 
 
 def _fresh_state(config, optimizer, params):

@@ -1,46 +1,96 @@
-"""decode.py end to end on a checkpoint exported by lsjax, and its one-line errors."""
+"""decode.py end to end on checkpoints exported by lsjax, its one-line errors, and compiling once per bucket."""
 
 import json
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
-from lsjax import demo, hf, tokenizer
+from lsjax import generation, hf, tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode  # noqa: E402
+from random_model import random_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    config, params, tok = demo.random_model()
+    config, params, tok = random_model()
     directory = tmp_path_factory.mktemp("ckpt")
     hf.save(directory, config.replace(max_position_embeddings=128), params, tokenizer=tok)
     return directory
 
 
-def test_decodes_a_prompt_as_json(checkpoint, capsys):
+@pytest.mark.parametrize("strategy", ["autoregressive", "early_exit", "self_speculative"])
+def test_decodes_a_prompt_as_json(checkpoint, capsys, strategy):
     assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "def add(a, b):", "--max-new-tokens", "6",
-                        "--json"]) == 0
+                        "--strategy", strategy, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     row = result["outputs"][0]
-    assert row["new_tokens"] == len(row["token_ids"]) <= 6 and row["tokens_per_second"] > 0
+    assert result["strategy"] == strategy and result["tokens_per_second"] > 0
+    assert row["new_tokens"] == len(row["token_ids"]) <= 6
     assert row["text"] == tokenizer.load(checkpoint).decode(row["token_ids"])
+    assert (row["drafted"] > 0) == (strategy == "self_speculative")
+    assert ("speedup" in result) == (strategy != "autoregressive")
+
+
+def test_streams_the_same_text_it_reports(checkpoint, capsys):
+    assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "x = ", "--max-new-tokens", "12",
+                        "--exit-layer", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("x = ") and "tokens/s" in captured.err and "speedup" in captured.err
+    decode.main(["--checkpoint", str(checkpoint), "--prompt", "x = ", "--max-new-tokens", "12", "--exit-layer", "2",
+                 "--json"])
+    assert captured.out == "x = " + json.loads(capsys.readouterr().out)["outputs"][0]["text"] + "\n"
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--max-new-tokens", "0"], "--max-new-tokens=0"),
+    (["--max-new-tokens", "0"], "max_new_tokens=0"),
     (["--humaneval", "HumanEval/999"], "HumanEval/999"),
     (["--prompt", ""], "empty prompt"),
     (["--prompt", "x" * 400], "max_position_embeddings=128"),
+    (["--exit-layer", "4"], "exit layer E=4: expected 1 <= E <= 3"),
+    (["--exit-layer", "0", "--strategy", "early_exit"], "exit layer E=0"),
+    (["--num-speculations", "0"], "num_speculations d=0"),
+    (["--temperature", "-1"], "temperature=-1.0"),
+    (["--top-p", "0"], "top_p=0.0"),
+    (["--top-p", "1.5"], "top_p=1.5"),
+    (["--strategy", "beam"], "strategy='beam'"),
+    (["--batch-size", "0"], "--batch-size=0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(checkpoint, capsys, argv, needle):
     assert decode.main(["--checkpoint", str(checkpoint), *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
 
 
 def test_not_a_checkpoint(tmp_path, capsys):
     assert decode.main(["--checkpoint", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
+    config, params = hf.load(checkpoint)
+    tok = tokenizer.load(checkpoint)
+    decoder = generation.Decoder(config, params, tok, generation.Options(max_new_tokens=8, exit_layer=2))
+    jax.clear_caches()  # the same program may have been compiled by an earlier test
+    compiles = []
+
+    def count(name, secs, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    first = generation.encode_prompts(tok, ["def f(x):"])
+    second = generation.encode_prompts(tok, ["import os\nclass Parser(object):\n    pass"])
+    assert first.tokens.shape == second.tokens.shape and first.lengths[0] != second.lengths[0]
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        decoder.generate(first)
+        after_first = len(compiles)
+        result = decoder.generate(second)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert after_first >= 1 and len(compiles) == after_first
+    assert result["outputs"][0]["new_tokens"] == 8

@@ -1,4 +1,4 @@
-"""A random, untrained model with a real tokenizer, for running the pipeline before a model is trained."""
+"""A random, untrained 4-layer model with a real byte-level BPE tokenizer: a checkpoint for CLI tests."""
 
 from __future__ import annotations
 

@@ -1,0 +1,136 @@
+"""What every decode loop carries, and the steps they share: prefill, appending tokens, the while loop.
+
+A loop is a strategy's `round` (one or more new tokens per row) repeated inside one `lax.while_loop` on the
+device until every row is done. `run` takes a round budget, so a host can stream by calling it again on the
+returned state (the state is donated: no copy of the cache between calls).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax import lax
+
+from lsjax import kvcache
+from lsjax.config import LlamaConfig
+from lsjax.decoding import sampling as sampling_lib
+
+# Values of `DecodeState.kinds`: who chose a generated token (decode.py --show-drafts colours them).
+FROM_MODEL, ACCEPTED_DRAFT = 2, 1
+
+
+class Settings(NamedTuple):
+    """Everything static about a decode: hashable, a static argument of the jitted functions."""
+
+    strategy: str = "autoregressive"  # autoregressive | early_exit | self_speculative
+    exit_layer: int = 0  # E: layers [0, E) draft (self_speculative) or decide (early_exit)
+    num_speculations: int = 1  # d: drafts per round (the most, with an adaptive schedule)
+    schedule: str = "fixed"  # fixed | heuristic (+2 when all drafts were accepted, -1 otherwise, floor 1)
+    sampling: sampling_lib.Sampling = sampling_lib.Sampling()
+    eos_ids: Tuple[int, ...] = ()
+    pad_id: int = 0
+    output_size: int = 64  # static room for generated tokens; the traced budget is at most this
+
+    @property
+    def slack(self) -> int:
+        """Extra output and cache slots, so that a round's fixed-width writes never clamp."""
+        return self.num_speculations + 1 if self.strategy == "self_speculative" else 1
+
+
+@struct.dataclass
+class DecodeState:
+    cache: kvcache.KVCache
+    last: jax.Array  # [B] int32: the newest token, emitted but not yet run through the model
+    tokens: jax.Array  # [B, output_size + slack] int32: generated ids; past count[b] they mean nothing
+    kinds: jax.Array  # [B, output_size + slack] int8: FROM_MODEL or ACCEPTED_DRAFT
+    count: jax.Array  # [B] int32: tokens generated so far, end-of-sequence included
+    done: jax.Array  # [B] bool
+    budget: jax.Array  # [] int32: max_new_tokens
+    key: jax.Array  # PRNG key, split every round
+    rounds: jax.Array  # [B] int32: rounds a row took part in
+    drafted: jax.Array  # [B] int32: draft tokens proposed
+    accepted: jax.Array  # [B] int32: draft tokens accepted
+    draft_length: jax.Array  # [B] int32: this round's d under the heuristic schedule
+
+
+def is_eos(settings: Settings, tokens) -> jax.Array:
+    if not settings.eos_ids:
+        return jnp.zeros(tokens.shape, bool)
+    return jnp.isin(tokens, jnp.asarray(settings.eos_ids, jnp.int32))
+
+
+def append(settings: Settings, state: DecodeState, emitted, num, kinds) -> DecodeState:
+    """Appends the first num[b] of emitted [B, W] to each active row, cut after an end-of-sequence token
+    and at the budget; marks rows done. W <= settings.slack."""
+    width = emitted.shape[1]
+    column = jnp.arange(width)[None, :]
+    eos = is_eos(settings, emitted) & (column < num[:, None])
+    through_eos = jnp.where(jnp.any(eos, axis=1), jnp.argmax(eos, axis=1) + 1, width)
+    num = jnp.minimum(jnp.minimum(num, through_eos), state.budget - state.count)
+    num = jnp.where(state.done, 0, num)
+    write = jax.vmap(lambda row, new, at: lax.dynamic_update_slice_in_dim(row, new, at, axis=0))
+    tokens = write(state.tokens, emitted.astype(jnp.int32), state.count)
+    kinds = write(state.kinds, kinds.astype(jnp.int8), state.count)
+    count = state.count + num
+    done = state.done | (jnp.any(eos & (column < num[:, None]), axis=1)) | (count >= state.budget)
+    return state.replace(tokens=tokens, kinds=kinds, count=count, done=done)
+
+
+def start(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
+          knobs: sampling_lib.Knobs, *, max_length: int, depth: int, cache_layers: int) -> DecodeState:
+    """Prefills right-padded prompts [B, T] through layers [0, depth) and picks each row's first token."""
+    batch = prompt_tokens.shape[0]
+    cache = kvcache.init_cache(config, batch, max_length, num_layers=cache_layers)
+    logits, cache = kvcache.prefill(config, params, cache, prompt_tokens, prompt_lengths, depth=depth)
+    key, draw = jax.random.split(key)
+    probs = sampling_lib.distribution(settings.sampling, knobs, kvcache.last_token_logits(logits, prompt_lengths))
+    first = sampling_lib.pick(settings.sampling, draw, probs)
+    width = settings.output_size + settings.slack
+    zeros = jnp.zeros((batch,), jnp.int32)
+    state = DecodeState(
+        cache=cache, last=first, tokens=jnp.full((batch, width), settings.pad_id, jnp.int32),
+        kinds=jnp.zeros((batch, width), jnp.int8), count=zeros, done=jnp.zeros((batch,), bool),
+        budget=jnp.minimum(jnp.asarray(max_new_tokens, jnp.int32), settings.output_size), key=key,
+        rounds=zeros, drafted=zeros, accepted=zeros,
+        draft_length=jnp.full((batch,), settings.num_speculations, jnp.int32))
+    return append(settings, state, first[:, None], jnp.ones((batch,), jnp.int32),
+                  jnp.full((batch, 1), FROM_MODEL, jnp.int8))
+
+
+Round = Callable[[DecodeState], DecodeState]
+
+
+def loop(round_fn: Round, state: DecodeState, max_rounds) -> DecodeState:
+    """Runs rounds until every row is done or max_rounds (traced) rounds have run."""
+
+    def cond(carry):
+        state, i = carry
+        return (i < max_rounds) & ~jnp.all(state.done)
+
+    def body(carry):
+        state, i = carry
+        return round_fn(state), i + 1
+
+    state, _ = lax.while_loop(cond, body, (state, jnp.int32(0)))
+    return state
+
+
+class Output(NamedTuple):
+    """A finished decode, as host arrays' device twins."""
+
+    tokens: jax.Array  # [B, output_size] int32, pad past num_tokens
+    kinds: jax.Array  # [B, output_size] int8, 0 past num_tokens
+    num_tokens: jax.Array  # [B]
+    rounds: jax.Array  # [B]
+    drafted: jax.Array  # [B]
+    accepted: jax.Array  # [B]
+
+
+def output(settings: Settings, state: DecodeState) -> Output:
+    valid = jnp.arange(settings.output_size)[None, :] < state.count[:, None]
+    tokens = jnp.where(valid, state.tokens[:, :settings.output_size], settings.pad_id)
+    kinds = jnp.where(valid, state.kinds[:, :settings.output_size], 0)
+    return Output(tokens, kinds, state.count, state.rounds, state.drafted, state.accepted)
