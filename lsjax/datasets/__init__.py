@@ -9,4 +9,6 @@ from lsjax.datasets.builders import (
     stdlib_files,
 )
 
+__all__ = ["BUILDERS", "SPLITS", "DataError", "LocalText", "PythonStdlib", "split_of", "stdlib_files"]
+
 BUILDERS = {"python_stdlib": PythonStdlib, "local_text": LocalText}
