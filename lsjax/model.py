@@ -251,13 +251,15 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
     """
     if not 0 <= start < stop <= config.num_layers:
         raise ValueError(f"layer range [{start}, {stop}) is not inside [0, {config.num_layers}]")
-    layer_params = jax.tree.map(lambda p: p[start:stop], params["layers"])
     keep = None if residual_mask is None else jnp.asarray(residual_mask).astype(bool).T  # [n, B]
     layer = DecoderLayer(config)
 
     def body(carry, inputs):
         x, buffers = carry
-        p, keep_row, index = inputs
+        keep_row, index = inputs
+        # Index the whole stack rather than scanning over a slice of it: a slice [start, stop) that is not
+        # the whole stack would be a copy of those layers' weights (a draft or verify pass would pay for it).
+        p = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, index, keepdims=False), params["layers"])
         if buffers is None:
             attend = lambda q, k, v: (dot_product_attention(q, k, v, mask), None)
         else:
@@ -268,7 +270,7 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
             y = jnp.where(keep_row[:, None, None], y, x)
         return (y, buffers), (y if collect_hidden else None)
 
-    (x, cache), hidden = lax.scan(body, (x, cache), (layer_params, keep, jnp.arange(start, stop)))
+    (x, cache), hidden = lax.scan(body, (x, cache), (keep, jnp.arange(start, stop)))
     return LayersOutput(x, cache, hidden)
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from lsjax import generation, hf, tokenizer
 
+from tests.random_model import random_model
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode  # noqa: E402
-from random_model import random_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ model on the growing sequence, self-speculative greedy against autoregressive gr
 ragged batches, adaptive drafting), self-speculative sampling against the full model's distribution."""
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from scipy import stats
 
-from lsjax import decoding, hf, model
+from tests.conftest import TINY
+from lsjax import decoding, generation, hf, model, prompts, tokenizer
 from lsjax.config import LlamaConfig
 from lsjax.decoding import Knobs, Sampling, Settings, self_speculative
 
@@ -113,8 +115,9 @@ def test_self_speculative_greedy_equals_autoregressive(seed, num_layers, num_spe
     assert np.all(np.asarray(out.accepted) <= np.asarray(out.drafted))
 
 
-def test_self_speculative_at_every_exit_layer_and_draft_count(tiny_model):
-    config, params = tiny_model
+def test_self_speculative_at_every_exit_layer_and_draft_count():
+    config = TINY  # the hypothesis test above covers other depths and architectures
+    params = scaled_random_model(config, 42)
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (5, 2, 8, 3)]
     want = rows(generate(config, params, prompts, 16))
@@ -220,3 +223,21 @@ def test_greedy_equals_transformers_generate(hf_checkpoints, tmp_path):
     assert rows(generate(config, params, [prompt], 20)) == [theirs]
     speculative = generate(config, params, [prompt], 20, strategy="self_speculative", exit_layer=2, num_speculations=3)
     assert rows(speculative) == [theirs]
+
+
+# --- the embedded model ------------------------------------------------------------------------------------------
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "models" / "embedded"
+
+
+def test_self_speculative_equals_autoregressive_on_the_embedded_model():
+    config, params = hf.load(EMBEDDED)
+    tok = tokenizer.load(EMBEDDED)
+    texts = prompts.humaneval(["0", "2", "12"])  # ragged lengths, decoded as one batch
+    batch = generation.encode_prompts(tok, texts)
+    decode = lambda **o: [row["token_ids"] for row in generation.Decoder(
+        config, params, tok, generation.Options(max_new_tokens=40, **o)).generate(batch)["outputs"]]
+    want = decode(strategy="autoregressive")
+    settings = [(e, 4) for e in range(1, config.num_layers)] + [(2, 1), (2, 2), (2, 8)]
+    for exit_layer, d in settings:
+        assert decode(strategy="self_speculative", exit_layer=exit_layer, num_speculations=d) == want, (exit_layer, d)

@@ -115,6 +115,24 @@ def test_sigkilled_run_resumes_to_identical_params(tmp_path, data_dir):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path, data_dir):
+    workdir = tmp_path / "interrupted"
+    flags = ("--config.train.steps=400", "--config.train.checkpoint_every=1000", "--config.train.eval_every=1000")
+    process = subprocess.Popen(_train_command(workdir, data_dir, *flags), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        rows = (workdir / "metrics.jsonl").read_text().splitlines() if (workdir / "metrics.jsonl").exists() else []
+        if len(rows) >= 2:  # two log events: the loop is running
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    saved = int(stderr.split("interrupted: saved step ")[1].split()[0])
+    assert saved >= 10 and (workdir / "checkpoints" / str(saved)).is_dir()
+
+
 @pytest.mark.parametrize("key,value,needle", [
     ("train.p_max", 1.5, "train.p_max=1.5"),
     ("train.e_scale", -0.1, "train.e_scale=-0.1"),
