@@ -13,7 +13,8 @@ def get_config():
     cfg.export_dir = ""  # where the trained model is written in HF format (default: WORKDIR/hf)
     cfg.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=8192))
     cfg.data = ml_collections.ConfigDict(dict(
-        source="python_stdlib", name="", data_dir="", path="", text_field="text", max_files=0, seq_len=512))
+        source="python_stdlib", name="", data_dir="", path="", text_field="text", max_files=0, seq_len=512,
+        shuffle_window=512))  # packed rows are shuffled within windows of this many rows
     cfg.train = ml_collections.ConfigDict(dict(
         steps=1000, batch_size=16, grad_accum=1, seed=0,
         learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0,

@@ -31,7 +31,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
-from grain.experimental import ConcatThenSplitIterDataset
+from grain.experimental import ConcatThenSplitIterDataset, WindowShuffleIterDataset
 from tensorflow_datasets.core import read_only_builder
 from tensorflow_datasets.core.registered import DatasetNotFoundError
 
@@ -213,9 +213,12 @@ def _fields(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=16)
 
 
-def _batches(documents: grain.MapDataset, tokenizer, seq_len: int, rows: int, drop_remainder: bool):
+def _batches(documents: grain.MapDataset, tokenizer, seq_len: int, rows: int, drop_remainder: bool,
+             shuffle_window: int = 0, seed: int = 0):
     tokens = documents.map(_Tokenize(tokenizer)).to_iter_dataset(_READ_OPTIONS)
     packed = ConcatThenSplitIterDataset(tokens, length_struct={"inputs": seq_len, "targets": seq_len})
+    if shuffle_window > 1:
+        packed = WindowShuffleIterDataset(packed, window_size=shuffle_window, seed=seed)
     return packed.batch(rows, drop_remainder=drop_remainder).map(_fields)
 
 
@@ -236,8 +239,11 @@ def _rows_per_process(source, seq_len: int, global_batch_size: int, process_inde
 
 def make_batches(source: Sequence[str], tokenizer, *, seq_len: int, global_batch_size: int, seed: int,
                  shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
-                 process_count: int = 1, worker_count: int = 0) -> grain.DatasetIterator:
+                 process_count: int = 1, worker_count: int = 0, shuffle_window: int = 0) -> grain.DatasetIterator:
     """Training batches of this process's global_batch_size // process_count rows (module docstring).
+
+    shuffle_window > 1 also shuffles the packed rows within windows of that many rows: a long document
+    fills many consecutive rows, and without it one batch can be a single file (correlated gradients).
 
     Endless unless num_epochs is given; a partial last batch is dropped. Process p reads the documents
     p, p + P, .. of each epoch's order, so processes are disjoint and together read every document once per
@@ -253,7 +259,10 @@ def make_batches(source: Sequence[str], tokenizer, *, seq_len: int, global_batch
     if shuffle:
         documents = documents.shuffle(seed=seed)  # reshuffled every epoch: the epoch is folded into the seed
     documents = documents[process_index::process_count].repeat(num_epochs)
-    batches = _batches(documents, tokenizer, seq_len, rows, drop_remainder=True)
+    if shuffle_window < 0:
+        raise DataError(f"shuffle_window={shuffle_window}: expected an integer >= 0 (0 or 1: off)")
+    batches = _batches(documents, tokenizer, seq_len, rows, drop_remainder=True, shuffle_window=shuffle_window,
+                       seed=seed)
     if worker_count:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
             raise DataError(f"worker_count={worker_count} needs absl flags parsed: run under absl.app.run, or "

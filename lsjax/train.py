@@ -156,7 +156,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
     tok = _tokenizer(cfg, workdir)
     config = _model_config(cfg, tok)
     batches = data.make_batches(train_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
-                                seed=t.seed)
+                                seed=t.seed, shuffle_window=cfg.data.shuffle_window)
     optimizer = make_optimizer(t)
     recipe = objective.Recipe.from_config(t)
     schedule = lr_schedule(t)

@@ -2,6 +2,7 @@
 TensorFlow), dataset errors, and the grain pipeline's packing, process sharding, seeding and checkpoints."""
 
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -233,9 +234,20 @@ def test_shuffle_is_seeded_and_differs_between_epochs(prepared, tok):
     assert sorted(first[:n]) == sorted(first[n:]) == sorted(train) and first[:n] != first[n:]
 
 
-def test_restored_iterator_gives_the_same_next_batches(prepared, tok):
+def test_shuffle_window_permutes_rows_within_windows(prepared, tok):
     _, train, _ = prepared
-    kwargs = dict(seq_len=8, global_batch_size=2, seed=1)
+    rows = lambda window: [tuple(row) for batch in itertools.islice(data.make_batches(
+        train, tok, seq_len=8, global_batch_size=4, seed=2, shuffle_window=window), 12) for row in batch["inputs"]]
+    plain, shuffled = rows(0), rows(16)
+    assert shuffled != plain and shuffled == rows(16)
+    for start in range(0, 48, 16):  # each window of 16 rows holds the same rows, in another order
+        assert sorted(shuffled[start:start + 16]) == sorted(plain[start:start + 16])
+
+
+@pytest.mark.parametrize("window", [0, 16])
+def test_restored_iterator_gives_the_same_next_batches(prepared, tok, window):
+    _, train, _ = prepared
+    kwargs = dict(seq_len=8, global_batch_size=2, seed=1, shuffle_window=window)
     batches = data.make_batches(train, tok, **kwargs)
     states, seen = [], []
     for _ in range(40):
