@@ -147,8 +147,9 @@ def plot(summary, exit_layers, ds, path: Path):
     ax1.axhline(reference, color="grey", label="autoregressive")
     ax1.set(xlabel="exit layer E", ylabel="tokens/s (median over prompts)", title="Decoding speed, batch 1, greedy")
     ax2.set(xlabel="exit layer E", ylabel="accepted / drafted", ylim=(0, 1.02), title="Draft acceptance rate")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.set_xticks(exit_layers)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -33,8 +33,8 @@ class Options:
     """What a user asks of a decode; `check` validates it against the model before anything compiles."""
 
     strategy: str = "self_speculative"
-    exit_layer: Optional[int] = None  # default: a quarter of the layers (at least 1)
-    num_speculations: int = 4
+    exit_layer: Optional[int] = None  # default: half of the layers (at least 1)
+    num_speculations: int = 2
     schedule: str = "fixed"
     confidence: float = 0.0  # stop a round's drafting below this top probability; 0 = never
     max_new_tokens: int = 128
@@ -46,7 +46,7 @@ class Options:
     def check(self, config: LlamaConfig) -> "Options":
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
         layers = config.num_layers
-        exit_layer = max(1, layers // 4) if self.exit_layer is None else self.exit_layer
+        exit_layer = max(1, layers // 2) if self.exit_layer is None else self.exit_layer
         _require(self.strategy in decoding.STRATEGIES, f"strategy={self.strategy!r}: expected one of "
                  f"{list(decoding.STRATEGIES)}")
         if self.strategy != "autoregressive":
@@ -150,22 +150,20 @@ class Decoder:
                 else None, "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds,
                 "outputs": rows}
 
-    def stream(self, batch: PromptBatch, rounds_per_chunk: int = 4) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def stream(self, batch: PromptBatch, rounds_per_chunk: int = 8) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
 
         The loop state is donated between chunks, so streaming costs one dispatch and one small transfer per
-        chunk, not a copy of the cache.
+        chunk (whole arrays: slicing on the device would compile a new program per slice), not a cache copy.
         """
         check_fits(self.config, batch, self.options.max_new_tokens)
-        args = self._args(batch)
-        state = decoding.start(*args, max_length=self._max_length(batch))
+        state = decoding.start(*self._args(batch), max_length=self._max_length(batch))
         shown = 0
         while True:
-            count, done = jax.device_get((state.count[0], state.done[0]))
-            if count > shown:
-                ids, kinds = jax.device_get((state.tokens[0, shown:count], state.kinds[0, shown:count]))
-                yield ids, kinds
-                shown = int(count)
-            if bool(done):
+            count, done, tokens, kinds = jax.device_get((state.count, state.done, state.tokens, state.kinds))
+            if count[0] > shown:
+                yield tokens[0, shown:count[0]], kinds[0, shown:count[0]]
+                shown = int(count[0])
+            if done[0]:
                 return
             state = decoding.run(self.config, self.params, self.settings, state, self.knobs, rounds_per_chunk)
