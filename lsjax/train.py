@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -128,6 +130,33 @@ def _initial_params(cfg, config: LlamaConfig):
     return model.init(config, jax.random.key(cfg.train.seed))
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current step and save it; a second Ctrl-C aborts.
+
+    A flag rather than an exception in the middle of a step: the state may be donated to a running step or
+    half written by an asynchronous save at the moment the signal lands.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 class MetricsLog:
     """Appends one JSON object per event to workdir/metrics.jsonl (flushed, so a killed run loses nothing)."""
 
@@ -184,35 +213,38 @@ def run(cfg, workdir) -> Dict[str, Any]:
     step = int(state["step"])
     tokens_per_step = t.batch_size * cfg.data.seq_len
     last_eval = None
+    save = lambda force: manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())))
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     try:
-        window_start, window_steps = time.perf_counter(), 0
-        while step < t.steps:
-            batch = _with_sample_index(next(batches), step, t.batch_size)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            window_steps += 1
-            if step % t.log_every == 0 or step == t.steps:
-                metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
-                elapsed = time.perf_counter() - window_start
-                tps = window_steps * tokens_per_step / elapsed
-                log.write("train", step, tokens_per_second=tps, learning_rate=float(schedule(step - 1)), **metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tps:,.0f}")
-                window_start, window_steps = time.perf_counter(), 0
-            if step % t.eval_every == 0 or step == t.steps:
-                last_eval = evaluate(eval_fn, state["params"], eval_batches())
-                log.write("eval", step, **last_eval)
-                plots.training_curves(workdir / METRICS_FILE, workdir / "plots")
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       data=ocp.args.JsonSave(batches.get_state())),
-                         force=step == t.steps)
-            bar.update(1)
-    except KeyboardInterrupt:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   data=ocp.args.JsonSave(batches.get_state())), force=True)
-        manager.wait_until_finished()
-        print(f"\ninterrupted: saved step {step} to {workdir}; run the same command to resume", file=sys.stderr)
-        raise
+        with StopRequest() as stop:
+            window_start, window_steps = time.perf_counter(), 0
+            while step < t.steps:
+                batch = _with_sample_index(next(batches), step, t.batch_size)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                window_steps += 1
+                if step % t.log_every == 0 or step == t.steps:
+                    metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
+                    elapsed = time.perf_counter() - window_start
+                    tps = window_steps * tokens_per_step / elapsed
+                    log.write("train", step, tokens_per_second=tps, learning_rate=float(schedule(step - 1)), **metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % t.eval_every == 0 or step == t.steps:
+                    last_eval = evaluate(eval_fn, state["params"], eval_batches())
+                    log.write("eval", step, **last_eval)
+                    plots.training_curves(workdir / METRICS_FILE, workdir / "plots")
+                save(step == t.steps)
+                bar.update(1)
+                if stop.requested:
+                    manager.wait_until_finished()
+                    if step not in manager.all_steps():
+                        save(True)
+                    manager.wait_until_finished()
+                    print(f"\ninterrupted: saved step {step} to {workdir}; run the same command to resume",
+                          file=sys.stderr)
+                    raise KeyboardInterrupt
     finally:
         bar.close()
     manager.wait_until_finished()
