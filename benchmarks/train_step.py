@@ -18,12 +18,16 @@ import statistics
 import time
 from pathlib import Path
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # config files import `configs.base`
 import numpy as np  # noqa: E402
 
 from lsjax import early_exit, model, objective, train  # noqa: E402
