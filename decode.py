@@ -14,6 +14,7 @@ decoding on the same prompts are printed (compilation excluded). Bad input: one 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -115,7 +116,6 @@ def main(argv=None) -> int:
         stream_text(decoder, batch, texts[0], colour=args.show_drafts and sys.stdout.isatty())
     result = decoder.generate(batch)
     if options.strategy != "autoregressive":
-        import dataclasses
         baseline = generation.Decoder(config, params, tok, dataclasses.replace(options, strategy="autoregressive"))
         reference = baseline.generate(batch)
         result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]

@@ -54,9 +54,13 @@ def analytic_bound(tokens_per_round: float, d: int, exit_layer: int, num_layers:
     return tokens_per_round / (d * exit_layer / num_layers + 1)
 
 
+def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> generation.Decoder:
+    return generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **options))
+
+
 def sweep(config, params, tok, texts, options: dict, max_new_tokens: int):
     """{name: per-prompt results} for every configuration, prompts outermost."""
-    decoders = {name: generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **o))
+    decoders = {name: make_decoder(config, params, tok, max_new_tokens, o)
                 for name, o in options.items()}
     results = {name: [] for name in decoders}
     for text in tqdm(texts, desc="prompts", unit="prompt"):
@@ -96,7 +100,7 @@ def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens:
         batch = generation.encode_prompts(tok, [texts[i % len(texts)] for i in range(size)])
         figures = {}
         for name, o in (("autoregressive", {"strategy": "autoregressive"}), ("self_speculative", best)):
-            decoder = generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **o))
+            decoder = make_decoder(config, params, tok, max_new_tokens, o)
             figures[name] = statistics.median(decoder.generate(batch)["tokens_per_second"] for _ in range(3))
         rows.append({"batch_size": size, **{f"{k}_tokens_per_second": v for k, v in figures.items()},
                      "speedup": figures["self_speculative"] / figures["autoregressive"]})
@@ -108,7 +112,7 @@ def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens:
 def streaming_overhead(config, params, tok, text, best: dict, max_new_tokens: int, repeats: int = 5):
     """Median seconds of the best setting decoded in one call and streamed in chunks of rounds (batch 1)."""
     batch = generation.encode_prompts(tok, [text])
-    decoder = generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **best))
+    decoder = make_decoder(config, params, tok, max_new_tokens, best)
     for _ in decoder.stream(batch):  # compiles start and run
         pass
     whole, streamed = [], []
@@ -127,7 +131,7 @@ def memory(config, params, tok, text, best: dict, max_new_tokens: int):
     batch = generation.encode_prompts(tok, [text])
     out = {}
     for name, o in (("autoregressive", {"strategy": "autoregressive"}), ("self_speculative", best)):
-        decoder = generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **o))
+        decoder = make_decoder(config, params, tok, max_new_tokens, o)
         analysis = decoder.compiled(batch).memory_analysis()
         out[name] = int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
                         - analysis.alias_size_in_bytes)

@@ -79,10 +79,6 @@ def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_ac
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
 
-def _eval_sums(config, chunk_size, params, batch):
-    return objective.evaluate_exits(config, params, batch, chunk_size)
-
-
 def evaluate(eval_fn, params, batches) -> Dict[str, list]:
     """Per-layer held-out loss, perplexity, top-1 accuracy and agreement with the last layer."""
     totals, count = None, 0.0
@@ -194,19 +190,18 @@ def run(cfg, workdir) -> Dict[str, Any]:
         (workdir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
                                              enable_async_checkpointing=True))
-    abstract = jax.eval_shape(lambda: _fresh_state(config, optimizer, model.init(config, jax.random.key(0))))
     latest = manager.latest_step()
     if latest is None:
         state = _fresh_state(config, optimizer, _initial_params(cfg, config))
     else:
         restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_abstract_state(config, optimizer)), data=ocp.args.JsonRestore()))
         state = restored.state
         batches.set_state(restored.data)
         print(f"resumed from step {latest} in {workdir}", file=sys.stderr)
 
     step_fn = jax.jit(functools.partial(train_step, config, recipe, optimizer, t.grad_accum), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(_eval_sums, config, t.loss_chunk_size))
+    eval_fn = jax.jit(functools.partial(objective.evaluate_exits, config, chunk_size=t.loss_chunk_size))
     eval_batches = lambda: data.eval_batches(eval_source, tok, seq_len=cfg.data.seq_len,
                                              global_batch_size=t.batch_size, num_batches=t.eval_batches)
     log = MetricsLog(workdir / METRICS_FILE)
@@ -266,10 +261,14 @@ def load_workdir(workdir) -> tuple:
         raise CheckpointError(f"{workdir}: a training workdir without any checkpoint yet")
     tok = _tokenizer(cfg, workdir)
     config = _model_config(cfg, tok)
-    abstract = jax.eval_shape(lambda: _fresh_state(config, make_optimizer(cfg.train),
-                                                   model.init(config, jax.random.key(0))))
+    abstract = _abstract_state(config, make_optimizer(cfg.train))
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return config, restored.state["params"], tok
+
+
+def _abstract_state(config, optimizer):
+    """Shapes and dtypes of a train state, what orbax restores into (no array is allocated)."""
+    return jax.eval_shape(lambda: _fresh_state(config, optimizer, model.init(config, jax.random.key(0))))
 
 
 def _fresh_state(config, optimizer, params):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -66,6 +67,16 @@ def test_tiny_config_trains_and_loss_falls(tiny_run):
     assert (tmp_path / "plots" / "layer_loss.png").exists() and (tmp_path / "plots" / "exit_curve.png").exists()
     config, params = hf.load(result["export_dir"])
     assert config.num_layers == cfg.model.num_layers and result["step"] == cfg.train.steps
+
+
+def test_a_workdir_loads_for_decoding_with_the_exported_weights(tiny_run):
+    from lsjax import train
+    _, workdir, result = tiny_run
+    config, params, tok = train.load_workdir(workdir)
+    exported = load_file(Path(result["export_dir"]) / hf.WEIGHTS_NAME)
+    for name, tensor in hf.to_hf_tensors(config, jax.device_get(params)).items():
+        np.testing.assert_array_equal(tensor, exported[name], err_msg=name)
+    assert tok.vocab_size <= config.vocab_size
 
 
 def test_continual_pretraining_starts_from_the_hf_checkpoint(tiny_run, tmp_path, data_dir):
