@@ -113,7 +113,7 @@ def streaming_overhead(config, params, tok, text, best: dict, max_new_tokens: in
     """Median seconds of the best setting decoded in one call and streamed in chunks of rounds (batch 1)."""
     batch = generation.encode_prompts(tok, [text])
     decoder = make_decoder(config, params, tok, max_new_tokens, best)
-    for _ in decoder.stream(batch):  # compiles start and run
+    for _ in decoder.stream(batch):  # compiles the streaming loop
         pass
     whole, streamed = [], []
     for _ in range(repeats):

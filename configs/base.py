@@ -20,7 +20,7 @@ def get_config():
         learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0,
         # LayerSkip (SPEC 1): layer dropout p_{l,t} = S(t) D(l) p_max and the early-exit loss
         p_max=0.1, layer_dropout_scale="exp", layer_dropout_time_scale="constant",
-        e_scale=0.2, curriculum="rotational", rotation=8, self_distill_beta=0.0,
+        e_scale=0.2, exit_scale_shape="sum_l", curriculum="rotational", rotation=8, self_distill_beta=0.0,
         loss_chunk_size=2048, log_every=10, eval_every=200, eval_batches=8,
         checkpoint_every=200, keep_checkpoints=3))
     return cfg

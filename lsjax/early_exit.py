@@ -23,13 +23,25 @@ from lsjax.config import LlamaConfig
 CURRICULA = ("none", "rotational", "gradual")
 
 
-def exit_scales(num_layers: int, e_scale: float) -> np.ndarray:
-    """e(l) for l = 0..L-1: e_scale * sum_{i<=l} i, and (L-1) + e_scale * sum_{i<=L-2} i for the last layer."""
+# f(l), the growth of e(l) over depth. "sum_l" is the paper's (SPEC 1.2); the others shift weight towards
+# shallow exits, which raises their agreement with the last layer (torchtune offers the same family).
+EXIT_SCALE_SHAPES = {
+    "sum_l": lambda layers: layers * (layers + 1) / 2,
+    "l": lambda layers: layers,
+    "sqrt_l": np.sqrt,
+    "one": np.ones_like,
+}
+
+
+def exit_scales(num_layers: int, e_scale: float, shape: str = "sum_l") -> np.ndarray:
+    """e(l) for l = 0..L-1: e_scale * f(l), and (L-1) + e_scale * f(L-2) for the last layer."""
+    if shape not in EXIT_SCALE_SHAPES:
+        raise ValueError(f"early-exit scale shape {shape!r}: expected one of {list(EXIT_SCALE_SHAPES)}")
     if num_layers == 1:
         return np.ones((1,), np.float32)
-    layers = np.arange(num_layers, dtype=np.float64)
-    scales = e_scale * layers * (layers + 1) / 2
-    scales[-1] = (num_layers - 1) + e_scale * (num_layers - 2) * (num_layers - 1) / 2
+    growth = EXIT_SCALE_SHAPES[shape](np.arange(num_layers, dtype=np.float64))
+    scales = e_scale * growth
+    scales[-1] = (num_layers - 1) + e_scale * growth[-2]
     return scales.astype(np.float32)
 
 
@@ -47,17 +59,16 @@ def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation
     raise ValueError(f"early-exit curriculum {kind!r}: expected one of {list(CURRICULA)}")
 
 
-def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float = 1.0) -> int:
+def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float = 1.0, shape: str = "sum_l") -> int:
     """K, the static number of weighted layers a curriculum can have at any step.
 
-    e(0) = 0, so layer 0 never needs a slot; with e_scale = 0 only the last layer is weighted and the loss
-    is plain language modelling at the cost of a single unembedding.
+    Layers with e(l) = 0 (layer 0 under "sum_l", every exit when e_scale = 0) never need a slot; with
+    e_scale = 0 the loss is plain language modelling at the cost of a single unembedding.
     """
-    if e_scale == 0 or num_layers == 1:
-        return 1
+    weighted = int(np.count_nonzero(exit_scales(num_layers, e_scale, shape)))
     if kind == "rotational":
-        return min(num_layers - 1, math.ceil(num_layers / rotation) + 1)
-    return num_layers - 1
+        return min(weighted, math.ceil(num_layers / rotation) + 1)
+    return weighted
 
 
 class Selection(NamedTuple):
@@ -65,12 +76,12 @@ class Selection(NamedTuple):
     weights: jax.Array  # float32 [K]: ẽ(t, l), summing to 1; 0 for unused slots (which repeat the last layer)
 
 
-def select_layers(kind: str, num_layers: int, step, total_steps: int, e_scale: float, rotation: int = 1
-                  ) -> Selection:
+def select_layers(kind: str, num_layers: int, step, total_steps: int, e_scale: float, rotation: int = 1,
+                  shape: str = "sum_l") -> Selection:
     enabled = curriculum_mask(kind, num_layers, step, total_steps, rotation)
-    scales = jnp.where(enabled, jnp.asarray(exit_scales(num_layers, e_scale)), 0.0)
+    scales = jnp.where(enabled, jnp.asarray(exit_scales(num_layers, e_scale, shape)), 0.0)
     normalised = scales / jnp.sum(scales)
-    k = num_selected(kind, num_layers, rotation, e_scale)
+    k = num_selected(kind, num_layers, rotation, e_scale, shape)
     (layers,) = jnp.nonzero(scales > 0, size=k, fill_value=num_layers - 1)
     used = jnp.arange(k) < jnp.sum(scales > 0)
     return Selection(layers.astype(jnp.int32), jnp.where(used, normalised[layers], 0.0))

@@ -7,6 +7,8 @@ Prompts are right-padded to a multiple of `BUCKET` tokens and the output buffer 
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 import time
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -104,7 +106,8 @@ class Decoder:
         self.options = options.check(config)
         self.settings = self.options.settings(config, tok.pad_id or 0)
         self.knobs = self.options.knobs()
-        self._compiled = {}  # prompt batch shape -> the compiled decode for that bucket
+        self._compiled = {}  # (prompt batch shape, streaming) -> the compiled decode for that bucket
+        self._rounds: queue.Queue = queue.Queue()  # what the streaming loop sends, one item per round
 
     def _args(self, batch: PromptBatch):
         return (self.config, self.params, self.settings, *self._traced(batch))
@@ -117,13 +120,16 @@ class Decoder:
     def _max_length(self, batch: PromptBatch) -> int:
         return decoding.cache_length(self.settings, batch.tokens.shape[1])
 
-    def compiled(self, batch: PromptBatch):
-        """The whole decode for this batch's bucket, compiled ahead of time once per bucket."""
-        shape = batch.tokens.shape
-        if shape not in self._compiled:
-            lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch))
-            self._compiled[shape] = lowered.compile()
-        return self._compiled[shape]
+    def compiled(self, batch: PromptBatch, streaming: bool = False):
+        """The whole decode for this batch's bucket, compiled ahead of time once per bucket (and per mode:
+        the streaming program also hands every round's tokens to the host)."""
+        key = (batch.tokens.shape, streaming)
+        if key not in self._compiled:
+            on_round = self._on_round if streaming else None
+            lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch),
+                                              on_round=on_round)
+            self._compiled[key] = lowered.compile()
+        return self._compiled[key]
 
     def generate(self, batch: PromptBatch) -> Dict:
         """Decodes a batch; the time excludes compilation. Returns per-row outputs and statistics."""
@@ -150,20 +156,43 @@ class Decoder:
                 else None, "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds,
                 "outputs": rows}
 
-    def stream(self, batch: PromptBatch, rounds_per_chunk: int = 8) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def _on_round(self, count, tokens, kinds) -> None:
+        self._rounds.put((count, tokens, kinds))
+
+    def stream(self, batch: PromptBatch) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
 
-        The loop state is donated between chunks, so streaming costs one dispatch and one small transfer per
-        chunk (whole arrays: slicing on the device would compile a new program per slice), not a cache copy.
+        The compiled loop sends its tokens through a host callback every `decoding.state.STREAM_EVERY`
+        rounds and carries on; the tail comes from its output. The decode runs in a worker thread so that
+        the tokens reach the caller as they come, whichever way the runtime dispatches.
         """
         check_fits(self.config, batch, self.options.max_new_tokens)
-        state = decoding.start(*self._args(batch), max_length=self._max_length(batch))
+        compiled = self.compiled(batch, streaming=True)
+        self._rounds = queue.Queue()
+        result = []
+
+        def decode():
+            try:
+                out = jax.device_get(compiled(self.params, *self._traced(batch)))
+                result.append((out.num_tokens, out.tokens, out.kinds))
+            except Exception as err:  # re-raised in the caller's thread below
+                result.append(err)
+            finally:
+                self._rounds.put(None)
+
+        worker = threading.Thread(target=decode, daemon=True)
+        worker.start()
+
+        def snapshots():  # (count, tokens, kinds): the callbacks', then the finished output's
+            while (item := self._rounds.get()) is not None:
+                yield item
+            worker.join()
+            if isinstance(result[0], Exception):
+                raise result[0]
+            yield result[0]
+
         shown = 0
-        while True:
-            count, done, tokens, kinds = jax.device_get((state.count, state.done, state.tokens, state.kinds))
+        for count, tokens, kinds in snapshots():
             if count[0] > shown:
                 yield tokens[0, shown:count[0]], kinds[0, shown:count[0]]
                 shown = int(count[0])
-            if done[0]:
-                return
-            state = decoding.run(self.config, self.params, self.settings, state, self.knobs, rounds_per_chunk)

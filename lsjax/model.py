@@ -7,7 +7,7 @@ The building blocks are Linen modules; the model is a handful of pure functions 
               "final_norm": {"scale": [D]},
               "lm_head": {"kernel": [D, V]}}          # absent when the embedding is tied
 
-Stacking lets `run_layers` execute any range [start, stop) as one `lax.scan` over a slice of the stack, which
+Stacking lets `run_layers` execute any range [start, stop) as one `lax.scan` that indexes the stack, which
 is what LayerSkip needs: the draft is layers [0, E), the verification [E, L), every exit reads the same
 `unembed`, and compile time does not grow with depth.
 """

@@ -22,6 +22,7 @@ class Recipe(NamedTuple):
     layer_dropout_scale: str
     layer_dropout_time_scale: str
     e_scale: float
+    exit_scale_shape: str
     curriculum: str
     rotation: int
     self_distill_beta: float
@@ -32,7 +33,7 @@ class Recipe(NamedTuple):
     @classmethod
     def from_config(cls, train_cfg) -> "Recipe":
         return cls(float(train_cfg.p_max), train_cfg.layer_dropout_scale, train_cfg.layer_dropout_time_scale,
-                   float(train_cfg.e_scale), train_cfg.curriculum, int(train_cfg.rotation),
+                   float(train_cfg.e_scale), train_cfg.exit_scale_shape, train_cfg.curriculum, int(train_cfg.rotation),
                    float(train_cfg.self_distill_beta), int(train_cfg.steps), int(train_cfg.seed),
                    int(train_cfg.loss_chunk_size))
 
@@ -55,7 +56,7 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
         keep = layer_dropout.keep_mask(recipe.seed, step, batch["sample_index"], rates)
     hidden = _forward_layers(config, params, batch, keep)
     selection = early_exit.select_layers(recipe.curriculum, config.num_layers, step, recipe.total_steps,
-                                         recipe.e_scale, recipe.rotation)
+                                         recipe.e_scale, recipe.rotation, recipe.exit_scale_shape)
     out = early_exit.early_exit_loss(config, params, hidden, batch["targets"], selection,
                                      loss_mask=batch["loss_mask"], beta=recipe.self_distill_beta,
                                      chunk_size=recipe.loss_chunk_size)

@@ -34,6 +34,8 @@ def validate_train_config(cfg) -> None:
     t, d = cfg.train, cfg.data
     _check(0.0 <= t.p_max <= 1.0, "train.p_max", t.p_max, "a number in [0, 1]")
     _check(0.0 <= t.e_scale <= 1.0, "train.e_scale", t.e_scale, "a number in [0, 1]")
+    _check(t.exit_scale_shape in early_exit.EXIT_SCALE_SHAPES, "train.exit_scale_shape", t.exit_scale_shape,
+           f"one of {list(early_exit.EXIT_SCALE_SHAPES)}")
     _check(t.layer_dropout_scale in tuple(layer_dropout.LAYER_SCALES), "train.layer_dropout_scale", t.layer_dropout_scale,
            f"one of {list(tuple(layer_dropout.LAYER_SCALES))}")
     _check(t.layer_dropout_time_scale in layer_dropout.TIME_SCALES, "train.layer_dropout_time_scale",

@@ -46,6 +46,20 @@ def test_streams_the_same_text_it_reports(checkpoint, capsys):
     assert captured.out == "x = " + json.loads(capsys.readouterr().out)["outputs"][0]["text"] + "\n"
 
 
+def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
+    config, params, tok = decode.load_model(checkpoint)
+    decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
+                                                                         max_new_tokens=30))
+    batch = generation.encode_prompts(tok, ["def add(a, b):"])
+    chunks = list(decoder.stream(batch))
+    # 30 one-token rounds: callbacks after rounds 8, 16 and 24 (the first token comes from the prefill),
+    # then the rest from the loop's output
+    assert [len(ids) for ids, _ in chunks] == [9, 8, 8, 5]
+    streamed = [int(t) for ids, _ in chunks for t in ids]
+    assert streamed == decoder.generate(batch)["outputs"][0]["token_ids"]
+    assert all((kinds == generation.decoding.FROM_MODEL).all() for _, kinds in chunks)
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--max-new-tokens", "0"], "max_new_tokens=0"),
     (["--humaneval", "HumanEval/999"], "HumanEval/999"),

@@ -17,6 +17,24 @@ def test_exit_scales_equal_hand_computed():
     np.testing.assert_allclose(ee.exit_scales(4, 0.0), [0, 0, 0, 3])
 
 
+@pytest.mark.parametrize("shape,want", [
+    ("sum_l", [0, 1, 3, 3 + 3]),
+    ("l", [0, 1, 2, 3 + 2]),
+    ("sqrt_l", [0, 1, np.sqrt(2), 3 + np.sqrt(2)]),
+    ("one", [1, 1, 1, 3 + 1]),  # the shape that weighs shallow exits most: layer 0 gets a weight too
+])
+def test_exit_scale_shapes_equal_hand_computed(shape, want):
+    np.testing.assert_allclose(ee.exit_scales(4, 1.0, shape), want, atol=1e-6)
+
+
+def test_uniform_shape_gives_layer_zero_a_slot():
+    sel = ee.select_layers("none", 4, step=0, total_steps=10, e_scale=0.5, shape="one")
+    np.testing.assert_array_equal(sel.layers, [0, 1, 2, 3])
+    np.testing.assert_allclose(sel.weights, np.asarray([0.5, 0.5, 0.5, 3.5]) / 5.0, atol=1e-6)
+    with pytest.raises(ValueError, match="'cubic'"):
+        ee.exit_scales(4, 1.0, "cubic")
+
+
 def test_no_curriculum_normalises_over_all_layers():
     sel = ee.select_layers("none", 4, step=5, total_steps=10, e_scale=0.2)
     np.testing.assert_array_equal(sel.layers, [1, 2, 3])  # e(0) = 0: layer 0 needs no unembedding

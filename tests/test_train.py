@@ -150,6 +150,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path, data_dir):
     ("train.rotation", 0, "train.rotation=0"),
     ("train.layer_dropout_scale", "cubic", "train.layer_dropout_scale='cubic'"),
     ("train.curriculum", "zigzag", "train.curriculum='zigzag'"),
+    ("train.exit_scale_shape", "cubic", "train.exit_scale_shape='cubic'"),
     ("train.batch_size", 0, "train.batch_size=0"),
     ("data.seq_len", -4, "data.seq_len=-4"),
 ])

@@ -4,27 +4,28 @@
     out = decoding.generate(config, params, settings, prompts, lengths, max_new_tokens, key, knobs,
                             max_length=decoding.cache_length(settings, prompts.shape[1]))
 
-`generate` is prefill plus one `lax.while_loop`, jitted as a whole; `start` and `run` split it so that a
-host can stream: `run` continues a donated state for at most `max_rounds` rounds and returns it.
+`generate` is prefill plus one `lax.while_loop`, jitted as a whole; with `on_round` it also streams the
+tokens to the host after every round, without leaving the loop.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 
 from lsjax.config import LlamaConfig
 from lsjax.decoding import autoregressive, self_speculative, state as state_lib
 from lsjax.decoding.sampling import Knobs, Sampling
-from lsjax.decoding.state import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, Output, Settings
+from lsjax.decoding.state import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, OnRound, Output, Settings
 
 STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
 _ROUNDS = {"autoregressive": autoregressive.advance, "early_exit": autoregressive.advance,
            "self_speculative": self_speculative.advance}
 
 __all__ = ["ACCEPTED_DRAFT", "FROM_MODEL", "STRATEGIES", "DecodeState", "Knobs", "Output", "Sampling", "Settings",
-           "cache_length", "generate", "run", "start"]
+           "OnRound", "cache_length", "generate"]
 
 
 def cache_length(settings: Settings, prompt_width: int) -> int:
@@ -32,35 +33,14 @@ def cache_length(settings: Settings, prompt_width: int) -> int:
     return prompt_width + settings.output_size + settings.slack
 
 
-def _start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key, knobs, max_length):
-    depth = autoregressive.depth(config, settings)
-    return state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key, knobs,
-                           max_length=max_length, depth=depth, cache_layers=depth)
-
-
-def _run(config, params, settings, decode_state, knobs, max_rounds):
-    round_fn = functools.partial(_ROUNDS[settings.strategy], config, params, settings, knobs)
-    return state_lib.loop(round_fn, decode_state, max_rounds)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "settings", "max_length"))
-def start(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
-          knobs: Knobs, *, max_length: int) -> DecodeState:
-    """Prefill of right-padded prompts [B, T] (lengths [B]) and each row's first token."""
-    return _start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key, knobs, max_length)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "settings"), donate_argnames=("decode_state",))
-def run(config: LlamaConfig, params, settings: Settings, decode_state: DecodeState, knobs: Knobs,
-        max_rounds) -> DecodeState:
-    """At most max_rounds (traced) more rounds of the strategy; the state is donated."""
-    return _run(config, params, settings, decode_state, knobs, max_rounds)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "settings", "max_length"))
+@functools.partial(jax.jit, static_argnames=("config", "settings", "max_length", "on_round"))
 def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
-             knobs: Knobs, *, max_length: int) -> Output:
-    """The whole decode in one compiled call: prefill, then rounds until every row is done."""
-    decode_state = _start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key, knobs,
-                          max_length)
-    return state_lib.output(settings, _run(config, params, settings, decode_state, knobs, settings.output_size))
+             knobs: Knobs, *, max_length: int, on_round: Optional[OnRound] = None) -> Output:
+    """The whole decode in one compiled call: prefill, then rounds until every row is done.
+
+    on_round: called on the host with (count, tokens, kinds) after every round, for streaming."""
+    depth = autoregressive.depth(config, settings)
+    decode_state = state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
+                                   knobs, max_length=max_length, depth=depth, cache_layers=depth)
+    round_fn = functools.partial(_ROUNDS[settings.strategy], config, params, settings, knobs)
+    return state_lib.output(settings, state_lib.loop(round_fn, decode_state, on_round))
