@@ -3,12 +3,14 @@
     python decode.py [--checkpoint DIR] [--prompt TEXT | --prompt-file F | --humaneval IDS]
                      [--strategy autoregressive|early_exit|self_speculative] [--exit-layer E]
                      [--num-speculations D] [--max-new-tokens N] [--batch-size B]
-                     [--temperature T --top-k K --top-p P --seed S] [--show-drafts] [--json]
+                     [--temperature T --top-k K --top-p P --seed S] [--mesh D,F,T] [--show-drafts] [--json]
 
 DIR is a Hugging Face Llama directory (config.json, safetensors, tokenizer.json) or an lsjax training
 workdir (its latest checkpoint); the default is the embedded model at models/embedded. Without --json the
 first prompt's text streams as it is generated, then the tokens/s of the strategy and of autoregressive
-decoding on the same prompts are printed (compilation excluded). Bad input: one line, exit code 2.
+decoding on the same prompts are printed (compilation excluded). With several devices the decode is
+sharded over a (data, fsdp, tensor) mesh: prompt rows over data, heads and the KV cache's heads over tensor;
+by default every local device is on the data axis. Bad input: one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mesh", default=None,
+                        help="data,fsdp,tensor device counts, -1 = the rest (default: all devices on data)")
     parser.add_argument("--show-drafts", action="store_true",
                         help="colour accepted draft tokens green (on a terminal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -67,6 +71,20 @@ def read_prompts(args) -> list[str]:
             raise InputError(f"--batch-size={args.batch_size}: expected a positive integer")
         texts = [texts[i % len(texts)] for i in range(args.batch_size)]
     return texts
+
+
+def mesh_from(text):
+    """The mesh of --mesh "D,F,T", or all devices on data; None on a single device without --mesh."""
+    import jax
+    from lsjax import sharding
+    from lsjax.errors import InputError
+    if text is None:
+        return None if jax.device_count() == 1 else sharding.make_mesh(sharding.mesh_shape(-1, 1, 1))
+    try:
+        data, fsdp, tensor = (int(n) for n in text.split(","))
+    except ValueError:
+        raise InputError(f"--mesh={text!r}: expected three comma-separated integers data,fsdp,tensor") from None
+    return sharding.make_mesh(sharding.mesh_shape(data, fsdp, tensor))
 
 
 def load_model(checkpoint: Path):
@@ -106,7 +124,8 @@ def main(argv=None) -> int:
         texts = read_prompts(args)
         config, params, tok = load_model(args.checkpoint)
         options = options_from(args)
-        decoder = generation.Decoder(config, params, tok, options)
+        mesh = mesh_from(args.mesh)
+        decoder = generation.Decoder(config, params, tok, options, mesh=mesh)
         batch = generation.encode_prompts(tok, texts)
         generation.check_fits(config, batch, options.max_new_tokens)
     except InputError as err:  # bad checkpoint, tokenizer, config, prompt or flag
@@ -116,7 +135,8 @@ def main(argv=None) -> int:
         stream_text(decoder, batch, texts[0], colour=args.show_drafts and sys.stdout.isatty())
     result = decoder.generate(batch)
     if options.strategy != "autoregressive":
-        baseline = generation.Decoder(config, params, tok, dataclasses.replace(options, strategy="autoregressive"))
+        baseline = generation.Decoder(config, params, tok, dataclasses.replace(options, strategy="autoregressive"),
+                                      mesh=mesh)
         reference = baseline.generate(batch)
         result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]
         result["speedup"] = result["tokens_per_second"] / reference["tokens_per_second"]

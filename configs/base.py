@@ -11,6 +11,9 @@ def get_config():
         max_position_embeddings=2048, param_dtype="float32", dtype="float32"))
     cfg.init_from = ""  # a Hugging Face Llama directory for continual pretraining / fine-tuning
     cfg.export_dir = ""  # where the trained model is written in HF format (default: WORKDIR/hf)
+    # Devices as (data, fsdp, tensor); -1 = the rest. distributed: call jax.distributed.initialize() first
+    # (multi-host TPU pods and GPU clusters; it finds the coordinator from the environment).
+    cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, distributed=False))
     cfg.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=8192))
     cfg.data = ml_collections.ConfigDict(dict(
         source="python_stdlib", name="", data_dir="", path="", text_field="text", max_files=0, seq_len=512,

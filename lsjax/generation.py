@@ -6,6 +6,7 @@ Prompts are right-padded to a multiple of `BUCKET` tokens and the output buffer 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -15,8 +16,9 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from lsjax import decoding
+from lsjax import decoding, sharding
 from lsjax.config import LlamaConfig
 from lsjax.errors import InputError
 
@@ -101,8 +103,11 @@ def check_fits(config: LlamaConfig, batch: PromptBatch, max_new_tokens: int) -> 
 class Decoder:
     """One model, tokenizer and set of options; compiles each loop once and reuses it for every batch."""
 
-    def __init__(self, config: LlamaConfig, params, tok, options: Options):
-        self.config, self.params, self.tok = config, params, tok
+    def __init__(self, config: LlamaConfig, params, tok, options: Options, mesh: Optional[Mesh] = None):
+        """mesh: decode sharded over it (params by the rules table, prompt rows over data and fsdp, the KV
+        cache over rows and KV heads); the tokens are the same as on one device."""
+        self.config, self.tok, self.mesh = config, tok, mesh
+        self.params = params if mesh is None else jax.device_put(params, sharding.param_shardings(mesh, config, params))
         self.options = options.check(config)
         self.settings = self.options.settings(config, tok.pad_id or 0)
         self.knobs = self.options.knobs()
@@ -114,8 +119,11 @@ class Decoder:
 
     def _traced(self, batch: PromptBatch):
         """The arguments of `decoding.generate` after config, params and settings."""
-        return (jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), self.options.max_new_tokens,
-                jax.random.key(self.options.seed), self.knobs)
+        tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
+        if self.mesh is not None:
+            tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
+            lengths = jax.device_put(lengths, sharding.batch_sharding(self.mesh, lengths.shape))
+        return tokens, lengths, self.options.max_new_tokens, jax.random.key(self.options.seed), self.knobs
 
     def _max_length(self, batch: PromptBatch) -> int:
         return decoding.cache_length(self.settings, batch.tokens.shape[1])
@@ -126,9 +134,10 @@ class Decoder:
         key = (batch.tokens.shape, streaming)
         if key not in self._compiled:
             on_round = self._on_round if streaming else None
-            lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch),
-                                              on_round=on_round)
-            self._compiled[key] = lowered.compile()
+            with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
+                lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch),
+                                                  on_round=on_round)
+                self._compiled[key] = lowered.compile()
         return self._compiled[key]
 
     def generate(self, batch: PromptBatch) -> Dict:

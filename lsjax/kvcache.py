@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lsjax import model
+from lsjax import model, sharding
 from lsjax.config import LlamaConfig
 from lsjax.errors import InputError
 
@@ -67,7 +67,8 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None
     shape = (num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
     dtype = config.jnp_dtype if dtype is None else dtype
     zeros = jnp.zeros((batch_size,), jnp.int32)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), start=zeros, length=zeros)
+    k, v = (sharding.constrain(jnp.zeros(shape, dtype), sharding.CACHE_AXES) for _ in range(2))
+    return KVCache(k=k, v=v, start=zeros, length=zeros)
 
 
 def run_cached_layers(config: LlamaConfig, params, cache: KVCache, x, start: int, stop: int,

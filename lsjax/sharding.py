@@ -2,19 +2,26 @@
 
 The model annotates its params with logical names ('vocab', 'embed', 'heads', ...); this table decides
 which mesh axis ('data', 'fsdp', 'tensor') each name is split over. Changing the parallelism strategy
-means changing this table, never the model.
+means changing this table, never the model. A dimension that a mesh axis does not divide (4 KV heads on
+8 tensor devices) stays whole rather than failing: the table says where to split when splitting is possible.
+
+    mesh = sharding.make_mesh(sharding.mesh_shape(2, 4, 1))       # data 2 x fsdp 4 over 8 devices
+    param_shardings = sharding.param_shardings(mesh, config, abstract_params)
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import math
+import sys
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
-from jax.sharding import PartitionSpec
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from lsjax import model
-from lsjax.config import LlamaConfig
+from lsjax.config import ConfigError, LlamaConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -47,3 +54,79 @@ def param_specs(config: LlamaConfig, rules: Sequence = LOGICAL_RULES):
     """Mesh PartitionSpecs for every param, in the params' tree structure."""
     return jax.tree.map(lambda spec: to_mesh_spec(spec, rules), model.param_logical_axes(config),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+# The KV cache [L, B, S, KV, hd] and token batches [B, ...]: rows over the batch axes, KV heads over tensor.
+CACHE_AXES = PartitionSpec("layers", "batch", "seq", "kv_heads", "head_dim")
+BATCH_AXES = PartitionSpec("batch")
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: Optional[int] = None) -> Tuple[int, int, int]:
+    """(data, fsdp, tensor) with at most one -1 resolved to "the rest"; the product must not exceed the
+    device count (a smaller mesh takes the first devices, with a warning)."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    shape = [data, fsdp, tensor]
+    text = f"mesh (data, fsdp, tensor) = ({data}, {fsdp}, {tensor})"
+    if shape.count(-1) > 1 or any(n == 0 or n < -1 for n in shape):
+        raise ConfigError(f"{text}: expected positive sizes and at most one -1 (the rest of the devices)")
+    known = math.prod(n for n in shape if n != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ConfigError(f"{text}: {known} does not divide the {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) > num_devices:
+        raise ConfigError(f"{text}: needs {math.prod(shape)} devices but {num_devices} are present")
+    if math.prod(shape) < num_devices:
+        print(f"warning: {text} uses {math.prod(shape)} of the {num_devices} devices", file=sys.stderr)
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int]) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh over the first prod(shape) devices; Auto axes, so XLA propagates
+    shardings between the ones we set."""
+    devices = jax.devices()[:math.prod(shape)]
+    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def fitted_spec(mesh: Mesh, spec: PartitionSpec, shape: Sequence[int]) -> PartitionSpec:
+    """The mesh spec with every split dropped whose mesh size does not divide the dimension."""
+    def size(axes):
+        axes = axes if isinstance(axes, tuple) else (axes,)
+        return math.prod(mesh.shape[a] for a in axes)
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    return PartitionSpec(*(axes if axes is not None and dim % size(axes) == 0 else None
+                           for axes, dim in zip(entries, shape)))
+
+
+def logical_sharding(mesh: Mesh, logical: PartitionSpec, shape: Sequence[int]) -> NamedSharding:
+    return NamedSharding(mesh, fitted_spec(mesh, to_mesh_spec(logical), shape))
+
+
+def param_shardings(mesh: Mesh, config: LlamaConfig, params):
+    """NamedShardings for params (or their abstract shapes), by the rules table."""
+    return jax.tree.map(lambda spec, p: logical_sharding(mesh, spec, p.shape), model.param_logical_axes(config),
+                        params, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def train_state_shardings(mesh: Mesh, config: LlamaConfig, optimizer: optax.GradientTransformation, state):
+    """Shardings for {"step", "params", "opt_state"}: optimizer moments follow their params (optax maps
+    the params-shaped parts of its state), everything else is replicated."""
+    params = param_shardings(mesh, config, state["params"])
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = optax.tree_map_params(optimizer, lambda _, sharding: sharding, state["opt_state"], params,
+                                      transform_non_params=lambda _: replicated)
+    return {"step": replicated, "params": params, "opt_state": opt_state}
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
+    """Rows over the batch axes (data and fsdp), when they divide the batch."""
+    return logical_sharding(mesh, BATCH_AXES, shape)
+
+
+def constrain(x: jax.Array, logical: PartitionSpec) -> jax.Array:
+    """Pins an intermediate's sharding under the mesh set by `jax.set_mesh`; a no-op without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or set(MESH_AXES) - set(mesh.axis_names):
+        return x
+    spec = fitted_spec(mesh, to_mesh_spec(logical), x.shape)
+    return jax.lax.with_sharding_constraint(x, spec)

@@ -22,9 +22,11 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from lsjax import data, hf, model, objective, plots, tokenizer as tokenizer_lib
+from lsjax import data, hf, model, objective, plots, sharding, tokenizer as tokenizer_lib
 from lsjax.config import ConfigError, LlamaConfig
 from lsjax.hf import CheckpointError
 from lsjax.train_config import model_config_from, validate_train_config
@@ -79,6 +81,22 @@ def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_ac
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
 
+def sharded_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state_shardings,
+                 batch_shardings):
+    """`train_step` jitted over the mesh with explicit in/out shardings; the state is donated (updated in place)."""
+    mesh = state_shardings["step"].mesh
+    return jax.jit(functools.partial(train_step, config, recipe, optimizer, grad_accum),
+                   in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
+
+
+def batch_shardings(mesh, batch_size: int, seq_len: int) -> Dict[str, NamedSharding]:
+    """Shardings of a training batch's fields: rows over the mesh's batch axes."""
+    rows = {key: sharding.batch_sharding(mesh, (batch_size, seq_len)) for key in data.FIELDS}
+    rows["sample_index"] = sharding.batch_sharding(mesh, (batch_size,))
+    return rows
+
+
 def evaluate(eval_fn, params, batches) -> Dict[str, list]:
     """Per-layer held-out loss, perplexity, top-1 accuracy and agreement with the last layer."""
     totals, count = None, 0.0
@@ -119,11 +137,26 @@ def _model_config(cfg, tok) -> LlamaConfig:
                           pad_token_id=tok.pad_id)
 
 
-def _initial_params(cfg, config: LlamaConfig):
+def _initial_state(cfg, config: LlamaConfig, optimizer, shardings):
+    params = None
     if cfg.init_from:
         _, params = hf.load(cfg.init_from, param_dtype=config.param_dtype, dtype=config.dtype)
-        return params
-    return model.init(config, jax.random.key(cfg.train.seed))
+    return init_state(config, optimizer, shardings, params, seed=cfg.train.seed)
+
+
+def init_state(config: LlamaConfig, optimizer, shardings, params=None, seed: int = 0):
+    """The step-0 train state, created directly in its shardings: a random init (params=None) runs sharded,
+    so no device ever holds all params; given params go to each device as its shards only."""
+    if params is None:
+        params = jax.jit(model.init, static_argnums=0, out_shardings=shardings["params"])(config, jax.random.key(seed))
+    else:
+        params = jax.device_put(jax.device_get(params), shardings["params"])
+    init = jax.jit(functools.partial(_fresh_state, config, optimizer), out_shardings=shardings, donate_argnums=0)
+    return init(params)
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 class StopRequest:
@@ -164,24 +197,32 @@ class MetricsLog:
             f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
 
 
-def _with_sample_index(batch, step: int, batch_size: int):
+def _with_sample_index(batch, step: int, batch_size: int, process_index: int = 0, process_count: int = 1):
+    """Adds this process's rows' global sample indices (what layer-dropout draws derive from)."""
     batch = dict(batch)
-    batch["sample_index"] = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64) % (2 ** 31)
+    rows = batch_size // process_count
+    first = step * batch_size + process_index * rows
+    batch["sample_index"] = np.arange(first, first + rows, dtype=np.int64) % (2 ** 31)
     return batch
 
 
 def run(cfg, workdir) -> Dict[str, Any]:
     """Trains (or resumes) per `cfg` in `workdir`; returns the last held-out evaluation."""
     validate_train_config(cfg)
+    if cfg.mesh.distributed:  # multi-host: JAX's own runtime finds the coordinator (TPU pods, SLURM, ...)
+        jax.distributed.initialize()
+    mesh = sharding.make_mesh(sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg.to_json(indent=2))
     t = cfg.train
     train_source, eval_source = data.sources(cfg.data)
     tok = _tokenizer(cfg, workdir)
     config = _model_config(cfg, tok)
+    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batches = data.make_batches(train_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
-                                seed=t.seed, shuffle_window=cfg.data.shuffle_window)
+                                seed=t.seed, shuffle_window=cfg.data.shuffle_window, **processes)
     optimizer = make_optimizer(t)
     recipe = objective.Recipe.from_config(t)
     schedule = lr_schedule(t)
@@ -190,20 +231,28 @@ def run(cfg, workdir) -> Dict[str, Any]:
         (workdir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
                                              enable_async_checkpointing=True))
+    abstract = _abstract_state(config, optimizer)
+    shardings = sharding.train_state_shardings(mesh, config, optimizer, abstract)
     latest = manager.latest_step()
     if latest is None:
-        state = _fresh_state(config, optimizer, _initial_params(cfg, config))
-    else:
+        state = _initial_state(cfg, config, optimizer, shardings)
+    else:  # onto this run's mesh, whatever mesh saved it
         restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract_state(config, optimizer)), data=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_with_shardings(abstract, shardings)), data=ocp.args.JsonRestore()))
         state = restored.state
         batches.set_state(restored.data)
         print(f"resumed from step {latest} in {workdir}", file=sys.stderr)
 
-    step_fn = jax.jit(functools.partial(train_step, config, recipe, optimizer, t.grad_accum), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(objective.evaluate_exits, config, chunk_size=t.loss_chunk_size))
-    eval_batches = lambda: data.eval_batches(eval_source, tok, seq_len=cfg.data.seq_len,
-                                             global_batch_size=t.batch_size, num_batches=t.eval_batches)
+    rows = batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
+    step_fn = sharded_step(config, recipe, optimizer, t.grad_accum, shardings, rows)
+    eval_fn = jax.jit(functools.partial(objective.evaluate_exits, config, chunk_size=t.loss_chunk_size),
+                      in_shardings=(shardings["params"], {key: rows[key] for key in data.FIELDS}),
+                      out_shardings=NamedSharding(mesh, PartitionSpec()))
+    global_batch = lambda batch: {key: jax.make_array_from_process_local_data(rows[key], value)
+                                  for key, value in batch.items()}
+    eval_batches = lambda: map(global_batch, data.eval_batches(
+        eval_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size, num_batches=t.eval_batches,
+        **processes))
     log = MetricsLog(workdir / METRICS_FILE)
     step = int(state["step"])
     tokens_per_step = t.batch_size * cfg.data.seq_len
@@ -215,7 +264,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
         with StopRequest() as stop:
             window_start, window_steps = time.perf_counter(), 0
             while step < t.steps:
-                batch = _with_sample_index(next(batches), step, t.batch_size)
+                batch = global_batch(_with_sample_index(next(batches), step, t.batch_size, **processes))
                 state, metrics = step_fn(state, batch)
                 step += 1
                 window_steps += 1
@@ -244,7 +293,9 @@ def run(cfg, workdir) -> Dict[str, Any]:
         bar.close()
     manager.wait_until_finished()
     export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
-    hf.save(export_dir, config, jax.device_get(state["params"]), tokenizer=tok)
+    params = multihost_utils.process_allgather(state["params"], tiled=True)  # host arrays on every process
+    if jax.process_index() == 0:
+        hf.save(export_dir, config, params, tokenizer=tok)
     return {"step": step, "eval": last_eval, "export_dir": str(export_dir)}
 
 
@@ -262,7 +313,9 @@ def load_workdir(workdir) -> tuple:
     tok = _tokenizer(cfg, workdir)
     config = _model_config(cfg, tok)
     abstract = _abstract_state(config, make_optimizer(cfg.train))
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    on_one_device = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_with_shardings(abstract, on_one_device))))
     return config, restored.state["params"], tok
 
 

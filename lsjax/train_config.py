@@ -52,6 +52,10 @@ def validate_train_config(cfg) -> None:
            f"a divisor of train.batch_size={t.batch_size}")
     _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a positive number")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "a positive number")
+    for axis in ("data", "fsdp", "tensor"):
+        size = cfg.mesh[axis]
+        _check(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
+               "a positive integer, or -1 for the rest of the devices")
     _check(isinstance(d.seq_len, int) and d.seq_len >= 1, "data.seq_len", d.seq_len, "a positive integer")
     _check(d.source in data.SOURCES, "data.source", d.source, f"one of {list(data.SOURCES)}")
     if not cfg.init_from:

@@ -1,10 +1,18 @@
-"""Shared fixtures: tiny lsjax configs and tiny Hugging Face Llama checkpoints made locally by transformers."""
+"""Shared fixtures: tiny lsjax configs and tiny Hugging Face Llama checkpoints made locally by transformers.
 
-import jax
-import pytest
+The suite runs with 8 host CPU devices (set before JAX starts, inherited by the commands tests spawn) so that
+sharded training and decoding are tested on real meshes.
+"""
 
-from lsjax import model
-from lsjax.config import LlamaConfig, RopeScaling
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from lsjax import model  # noqa: E402
+from lsjax.config import LlamaConfig, RopeScaling  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

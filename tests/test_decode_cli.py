@@ -46,6 +46,15 @@ def test_streams_the_same_text_it_reports(checkpoint, capsys):
     assert captured.out == "x = " + json.loads(capsys.readouterr().out)["outputs"][0]["text"] + "\n"
 
 
+def test_mesh_flag_decodes_the_same_tokens_as_one_device(checkpoint, capsys):
+    outputs = []
+    for mesh in ("1,1,1", "2,1,4"):
+        assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "def f(x):", "--batch-size", "2",
+                            "--max-new-tokens", "8", "--exit-layer", "2", "--mesh", mesh, "--json"]) == 0
+        outputs.append([row["token_ids"] for row in json.loads(capsys.readouterr().out)["outputs"]])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 2
+
+
 def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
     config, params, tok = decode.load_model(checkpoint)
     decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
@@ -72,6 +81,8 @@ def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
     (["--top-p", "0"], "top_p=0.0"),
     (["--top-p", "1.5"], "top_p=1.5"),
     (["--strategy", "beam"], "strategy='beam'"),
+    (["--mesh", "2,2"], "--mesh='2,2'"),
+    (["--mesh", "4,1,4"], "needs 16 devices but 8 are present"),
     (["--batch-size", "0"], "--batch-size=0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(checkpoint, capsys, argv, needle):

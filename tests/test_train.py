@@ -153,6 +153,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path, data_dir):
     ("train.exit_scale_shape", "cubic", "train.exit_scale_shape='cubic'"),
     ("train.batch_size", 0, "train.batch_size=0"),
     ("data.seq_len", -4, "data.seq_len=-4"),
+    ("mesh.tensor", 0, "mesh.tensor=0"),
 ])
 def test_bad_config_values_are_one_line_errors(key, value, needle):
     cfg = tiny_config()
