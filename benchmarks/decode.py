@@ -2,10 +2,11 @@
 
     python benchmarks/decode.py [--checkpoint models/embedded] [--num-prompts 20] [--max-new-tokens 128]
                                 [--exit-layers 1,2,3,4] [--num-speculations 2,4,6] [--batch-sizes 1,4,16]
+                                [--repeats 3]
 
-Greedy decoding, compilation excluded. For every prompt every configuration runs once, one after another, so
-machine noise hits them alike; figures are medians over prompts and ratios to autoregressive measured on the
-same prompt. For each self-speculative (E, d): the acceptance rate, the analytic speedup bound of SPEC 2.2
+Greedy decoding, compilation excluded. For every prompt every configuration runs in turn, `repeats` times
+(the run of median time counts), so machine noise hits them alike; figures are medians over prompts and
+ratios to autoregressive measured on the same prompt. For each self-speculative (E, d): the acceptance rate, the analytic speedup bound of SPEC 2.2
 for the measured tokens per round, (1 + accepted / rounds) / (d E / L + 1), and the efficiency = measured
 speedup / bound; every output is checked token for token against autoregressive. Then the best (E, d) at
 batch sizes 1, 4 and 16, and XLA's memory footprint of both loops. Writes decode.json and decode.png under
@@ -45,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--exit-layers", type=ints, default=None, help="E values (default: 1 .. L/2)")
     parser.add_argument("--num-speculations", type=ints, default=[2, 4, 6])
     parser.add_argument("--batch-sizes", type=ints, default=[1, 4, 16])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration per prompt (median)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return parser.parse_args(argv)
 
@@ -58,15 +60,20 @@ def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> gen
     return generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **options))
 
 
-def sweep(config, params, tok, texts, options: dict, max_new_tokens: int):
-    """{name: per-prompt results} for every configuration, prompts outermost."""
+def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeats: int):
+    """{name: per-prompt results} for every configuration, prompts outermost; each prompt's result is the
+    run of median time among `repeats` rounds over all configurations."""
     decoders = {name: make_decoder(config, params, tok, max_new_tokens, o)
                 for name, o in options.items()}
     results = {name: [] for name in decoders}
     for text in tqdm(texts, desc="prompts", unit="prompt"):
         batch = generation.encode_prompts(tok, [text])
-        for name, decoder in decoders.items():
-            results[name].append(decoder.generate(batch))
+        runs = {name: [] for name in decoders}
+        for _ in range(repeats):
+            for name, decoder in decoders.items():
+                runs[name].append(decoder.generate(batch))
+        for name, rows in runs.items():
+            results[name].append(sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2])
     return results
 
 
@@ -109,7 +116,7 @@ def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens:
     return rows
 
 
-def streaming_overhead(config, params, tok, text, best: dict, max_new_tokens: int, repeats: int = 5):
+def streaming_overhead(config, params, tok, text, best: dict, max_new_tokens: int, repeats: int = 15):
     """Median seconds of the best setting decoded in one call and streamed in chunks of rounds (batch 1)."""
     batch = generation.encode_prompts(tok, [text])
     decoder = make_decoder(config, params, tok, max_new_tokens, best)
@@ -169,7 +176,7 @@ def main(argv=None):
     options.update({f"self_speculative E={e} d={d}": {"strategy": "self_speculative", "exit_layer": e,
                                                        "num_speculations": d}
                     for e in exit_layers for d in args.num_speculations})
-    summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens), config)
+    summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config)
     print(f"{'configuration':32s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} exact")
     for name, row in summary.items():
         extra = (f"{row['acceptance_rate']:7.3f} {row['analytic_bound']:6.2f} {row['efficiency']:6.2f}"

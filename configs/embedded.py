@@ -1,8 +1,8 @@
 """The embedded default model: a small Llama trained on the Python standard library on 2 CPU cores.
 
-Its tokenizer is a byte-level BPE trained on the same corpus's train split. Exported to models/embedded
-(Hugging Face format) by:
-    python train.py --config configs/embedded.py --workdir workdirs/embedded --config.export_dir=models/embedded
+Its tokenizer is a byte-level BPE trained on the same corpus's train split. This is stage 1 (from scratch,
+exported to workdirs/embedded/hf); configs/embedded_drafting.py continues it into models/embedded:
+    python train.py --config configs/embedded.py --workdir workdirs/embedded
 """
 
 from configs import base

@@ -1,9 +1,13 @@
-"""Continual pretraining of the embedded model for self-speculative decoding (the second stage of
+"""Continual pretraining of the embedded model for self-speculative decoding (stages 2 and 3 of
 models/embedded): every exit is trained every step with the same weight ("one" shape, no curriculum) plus
 self-distillation from the last layer, which raises the shallow exits' agreement with the last layer (the
 draft acceptance rate) while the last layer keeps improving. S(t) = 1, as for any continual pretraining.
 
-    python train.py --config configs/embedded_drafting.py --workdir workdirs/draft   # from workdirs/embedded/hf
+    python train.py --config configs/embedded.py --workdir workdirs/embedded                    # stage 1
+    python train.py --config configs/embedded_drafting.py --workdir workdirs/draft              # stage 2
+    python train.py --config configs/embedded_drafting.py --workdir workdirs/draft2 \
+        --config.init_from=workdirs/draft/hf --config.train.p_max=0.2 \
+        --config.train.self_distill_beta=2.0 --config.export_dir=models/embedded                 # stage 3
 """
 
 from configs import embedded

@@ -272,6 +272,9 @@ def _atomic_write(file: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; exports are meant to be shared
         os.replace(tmp, file)
     finally:
         if os.path.exists(tmp):

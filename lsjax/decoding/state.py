@@ -116,7 +116,7 @@ def loop(round_fn: Round, state: DecodeState, on_round: Optional[OnRound] = None
     rest it reads from the loop's output."""
 
     def send(state):
-        io_callback(on_round, None, state.count, state.tokens, state.kinds, ordered=True)
+        io_callback(on_round, None, state.count, state.tokens, state.kinds, ordered=False)
 
     def body(carry):
         state, i = carry
