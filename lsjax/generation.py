@@ -112,7 +112,7 @@ class Decoder:
         self.settings = self.options.settings(config, tok.pad_id or 0)
         self.knobs = self.options.knobs()
         self._compiled = {}  # (prompt batch shape, streaming) -> the compiled decode for that bucket
-        self._rounds: queue.Queue = queue.Queue()  # what the streaming loop sends, one item per round
+        self._rounds: queue.Queue = queue.Queue()  # snapshots the streaming loop sends (one stream at a time)
 
     def _args(self, batch: PromptBatch):
         return (self.config, self.params, self.settings, *self._traced(batch))
@@ -130,7 +130,7 @@ class Decoder:
 
     def compiled(self, batch: PromptBatch, streaming: bool = False):
         """The whole decode for this batch's bucket, compiled ahead of time once per bucket (and per mode:
-        the streaming program also hands every round's tokens to the host)."""
+        the streaming program also hands the tokens to the host every few rounds)."""
         key = (batch.tokens.shape, streaming)
         if key not in self._compiled:
             on_round = self._on_round if streaming else None

@@ -5,7 +5,7 @@
                             max_length=decoding.cache_length(settings, prompts.shape[1]))
 
 `generate` is prefill plus one `lax.while_loop`, jitted as a whole; with `on_round` it also streams the
-tokens to the host after every round, without leaving the loop.
+tokens to the host every few rounds, without leaving the loop.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, pro
              knobs: Knobs, *, max_length: int, on_round: Optional[OnRound] = None) -> Output:
     """The whole decode in one compiled call: prefill, then rounds until every row is done.
 
-    on_round: called on the host with (count, tokens, kinds) after every round, for streaming."""
+    on_round: called on the host with (count, tokens, kinds) every `state.STREAM_EVERY` rounds, for streaming."""
     depth = autoregressive.depth(config, settings)
     decode_state = state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
                                    knobs, max_length=max_length, depth=depth, cache_layers=depth)
