@@ -65,7 +65,7 @@ def measure_training(cfg, mesh, steps: int):
     config = model_config_from(cfg)
     t = cfg.train
     optimizer = train.make_optimizer(t)
-    shardings = sharding.train_state_shardings(mesh, config, optimizer, train._abstract_state(config, optimizer))
+    shardings = sharding.train_state_shardings(mesh, config, optimizer, train.abstract_state(config, optimizer))
     state = train.init_state(config, optimizer, shardings, seed=0)
     rows = train.batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
     step = train.sharded_step(config, objective.Recipe.from_config(t), optimizer, t.grad_accum, shardings, rows)
@@ -90,15 +90,15 @@ def measure_decoding(args, mesh):
     texts = list(prompts.humaneval_problems().values())[:rows]
     batch = generation.encode_prompts(tok, [texts[i % len(texts)] for i in range(rows)])
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
-    out = {}
+    out, decoders = {}, {}
     for strategy in ("autoregressive", "self_speculative"):
         options = generation.Options(strategy=strategy, exit_layer=args.exit_layer,
                                      num_speculations=args.num_speculations, max_new_tokens=args.max_new_tokens)
-        decoder = generation.Decoder(config, params, tok, options, mesh=mesh)
-        runs = [decoder.generate(batch) for _ in range(4)][1:]  # the first compiles
+        decoders[strategy] = generation.Decoder(config, params, tok, options, mesh=mesh)
+        runs = [decoders[strategy].generate(batch) for _ in range(4)][1:]  # the first compiles
         out[strategy] = {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs)}
     # an autoregressive step reads every weight and the whole static cache (attention is masked, not cut)
-    slots = decoding.cache_length(decoder.settings, batch.tokens.shape[1])
+    slots = decoding.cache_length(decoders["autoregressive"].settings, batch.tokens.shape[1])
     cache_bytes = 2 * config.num_layers * rows * slots * config.num_kv_heads * config.head_dim * 4
     steps_per_second = out["autoregressive"]["tokens_per_second"] / rows
     out["autoregressive"]["bytes_per_second"] = steps_per_second * (weight_bytes + cache_bytes)
@@ -108,10 +108,10 @@ def measure_decoding(args, mesh):
 
 def main(argv=None):
     args = parse_args(argv)
-    mesh = sharding.make_mesh(sharding.mesh_shape(*(int(n) for n in args.mesh.split(","))))
+    mesh = decode.mesh_from(args.mesh)
     kind = jax.devices()[0].device_kind
-    peak_tflops, peak_gbps = PEAKS.get(kind, (args.peak_tflops, args.peak_gbps))
-    peak_tflops, peak_gbps = args.peak_tflops or peak_tflops, args.peak_gbps or peak_gbps
+    table_tflops, table_gbps = PEAKS.get(kind, (None, None))
+    peak_tflops, peak_gbps = args.peak_tflops or table_tflops, args.peak_gbps or table_gbps
     print(f"{mesh.size} x {kind}, mesh (data, fsdp, tensor) = {tuple(mesh.shape.values())}")
     train_figures = measure_training(load_config(args.config), mesh, args.steps)
     mfu = train_figures["model_tflops_per_second_per_device"] / peak_tflops if peak_tflops else None

@@ -231,7 +231,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
         (workdir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
                                              enable_async_checkpointing=True))
-    abstract = _abstract_state(config, optimizer)
+    abstract = abstract_state(config, optimizer)
     shardings = sharding.train_state_shardings(mesh, config, optimizer, abstract)
     latest = manager.latest_step()
     if latest is None:
@@ -312,14 +312,14 @@ def load_workdir(workdir) -> tuple:
         raise CheckpointError(f"{workdir}: a training workdir without any checkpoint yet")
     tok = _tokenizer(cfg, workdir)
     config = _model_config(cfg, tok)
-    abstract = _abstract_state(config, make_optimizer(cfg.train))
+    abstract = abstract_state(config, make_optimizer(cfg.train))
     on_one_device = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_with_shardings(abstract, on_one_device))))
     return config, restored.state["params"], tok
 
 
-def _abstract_state(config, optimizer):
+def abstract_state(config, optimizer):
     """Shapes and dtypes of a train state, what orbax restores into (no array is allocated)."""
     return jax.eval_shape(lambda: _fresh_state(config, optimizer, model.init(config, jax.random.key(0))))
 
