@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated HumanEval task ids or indices (default: HumanEval/0)")
     parser.add_argument("--strategy", default="self_speculative",
                         help="autoregressive, early_exit or self_speculative (default)")
-    parser.add_argument("--exit-layer", type=int, default=None, help="E (default: half of the layers)")
+    parser.add_argument("--exit-layer", type=int, default=None, help="E (default: a quarter of the layers)")
     parser.add_argument("--num-speculations", type=int, default=2, help="d, drafts per round (default 2)")
     parser.add_argument("--schedule", default="fixed", help="fixed, or heuristic (d +2 / -1 per round)")
     parser.add_argument("--confidence", type=float, default=0.0,

@@ -1,16 +1,17 @@
 """Benchmark: autoregressive, early-exit and self-speculative decoding side by side on HumanEval prompts.
 
     python benchmarks/decode.py [--checkpoint models/embedded] [--num-prompts 20] [--max-new-tokens 128]
-                                [--exit-layers 1,2,3,4] [--num-speculations 2,4,6] [--batch-sizes 1,4,16]
-                                [--repeats 3]
+                                [--exit-layers 1,2,3,4] [--num-speculations 2,4,6] [--confidences 0]
+                                [--batch-sizes 1,4,16] [--repeats 3]
 
 Greedy decoding, compilation excluded. For every prompt every configuration runs in turn, `repeats` times
 (the run of median time counts), so machine noise hits them alike; figures are medians over prompts and
-ratios to autoregressive measured on the same prompt. For each self-speculative (E, d): the acceptance rate, the analytic speedup bound of SPEC 2.2
-for the measured tokens per round, (1 + accepted / rounds) / (d E / L + 1), and the efficiency = measured
-speedup / bound; every output is checked token for token against autoregressive. Then the best (E, d) at
-batch sizes 1, 4 and 16, and XLA's memory footprint of both loops. Writes decode.json and decode.png under
---out.
+ratios to autoregressive measured on the same prompt. For each self-speculative (E, d, confidence threshold
+c): the acceptance rate, the analytic speedup bound of SPEC 2.2 for the measured tokens and drafts per round,
+(1 + accepted / rounds) / ((drafted / rounds) E / L + 1) (drafted / rounds = d without a threshold), and the
+efficiency = measured speedup / bound; every output is checked token for token against autoregressive. Then
+the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory footprint of both
+loops. Writes decode.json and decode.png under --out.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=decode.DEFAULT_CHECKPOINT)
@@ -45,15 +50,17 @@ def parse_args(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--exit-layers", type=ints, default=None, help="E values (default: 1 .. L/2)")
     parser.add_argument("--num-speculations", type=ints, default=[2, 4, 6])
+    parser.add_argument("--confidences", type=floats, default=[0.0],
+                        help="draft confidence thresholds c (0 = off): a round stops drafting below c")
     parser.add_argument("--batch-sizes", type=ints, default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration per prompt (median)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return parser.parse_args(argv)
 
 
-def analytic_bound(tokens_per_round: float, d: int, exit_layer: int, num_layers: int) -> float:
-    """SPEC 2.2: tokens per round over the round's cost in full forwards (d drafts at E/L, one verification)."""
-    return tokens_per_round / (d * exit_layer / num_layers + 1)
+def analytic_bound(tokens_per_round: float, drafts_per_round: float, exit_layer: int, num_layers: int) -> float:
+    """SPEC 2.2: tokens per round over the round's cost in full forwards (each draft E/L, one verification)."""
+    return tokens_per_round / (drafts_per_round * exit_layer / num_layers + 1)
 
 
 def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> generation.Decoder:
@@ -92,9 +99,9 @@ def summarise(results, config):
             drafted = sum(r["outputs"][0]["drafted"] for r in runs)
             accepted = sum(r["outputs"][0]["accepted"] for r in runs)
             rounds = sum(r["outputs"][0]["rounds"] for r in runs)
-            bound = analytic_bound(1 + accepted / rounds, first["num_speculations"], first["exit_layer"],
-                                   config.num_layers)
-            row.update(acceptance_rate=accepted / drafted, tokens_per_round=1 + accepted / rounds,
+            bound = analytic_bound(1 + accepted / rounds, drafted / rounds, first["exit_layer"], config.num_layers)
+            row.update(confidence=first["confidence"], acceptance_rate=accepted / drafted,
+                       tokens_per_round=1 + accepted / rounds, drafts_per_round=drafted / rounds,
                        analytic_bound=bound, efficiency=row["speedup"] / bound)
         summary[name] = row
     return summary
@@ -116,21 +123,25 @@ def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens:
     return rows
 
 
-def streaming_overhead(config, params, tok, text, best: dict, max_new_tokens: int, repeats: int = 15):
-    """Median seconds of the best setting decoded in one call and streamed in chunks of rounds (batch 1)."""
-    batch = generation.encode_prompts(tok, [text])
+def streaming_overhead(config, params, tok, texts, best: dict, max_new_tokens: int, repeats: int = 15):
+    """The best setting (batch 1) decoded in one call and streamed, back to back on each prompt `repeats`
+    times: medians of the seconds, and the median and quartiles of the paired ratios streamed / one call
+    (pairs cancel most of the machine's drift)."""
     decoder = make_decoder(config, params, tok, max_new_tokens, best)
-    for _ in decoder.stream(batch):  # compiles the streaming loop
-        pass
     whole, streamed = [], []
-    for _ in range(repeats):
-        whole.append(decoder.generate(batch)["seconds"])
-        start = time.perf_counter()
-        for _ in decoder.stream(batch):
+    for text in texts:
+        batch = generation.encode_prompts(tok, [text])
+        for _ in decoder.stream(batch):  # compiles the streaming loop for this bucket
             pass
-        streamed.append(time.perf_counter() - start)
+        for _ in range(repeats):
+            whole.append(decoder.generate(batch)["seconds"])
+            start = time.perf_counter()
+            for _ in decoder.stream(batch):
+                pass
+            streamed.append(time.perf_counter() - start)
+    q1, ratio, q3 = statistics.quantiles([s / w for s, w in zip(streamed, whole)], n=4)
     return {"one_call_seconds": statistics.median(whole), "streamed_seconds": statistics.median(streamed),
-            "ratio": statistics.median(streamed) / statistics.median(whole)}
+            "ratio": ratio, "ratio_quartiles": [q1, q3], "pairs": len(whole)}
 
 
 def memory(config, params, tok, text, best: dict, max_new_tokens: int):
@@ -146,21 +157,37 @@ def memory(config, params, tok, text, best: dict, max_new_tokens: int):
     return out
 
 
-def plot(summary, exit_layers, ds, path: Path):
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    reference = summary["autoregressive"]["tokens_per_second"]
-    for d in ds:
-        names = [f"self_speculative E={e} d={d}" for e in exit_layers]
-        ax1.plot(exit_layers, [summary[n]["tokens_per_second"] for n in names], marker="o", label=f"self-spec d={d}")
-        ax2.plot(exit_layers, [summary[n]["acceptance_rate"] for n in names], marker="o", label=f"d={d}")
-    ax1.plot(exit_layers, [summary[f"early_exit E={e}"]["tokens_per_second"] for e in exit_layers], "k--",
-             marker="x", label="early exit (lossy)")
-    ax1.axhline(reference, color="grey", label="autoregressive")
-    ax1.set(xlabel="exit layer E", ylabel="tokens/s (median over prompts)", title="Decoding speed, batch 1, greedy")
+def speculative_name(exit_layer: int, d: int, confidence: float) -> str:
+    return f"self_speculative E={exit_layer} d={d}" + (f" c={confidence:g}" if confidence else "")
+
+
+def plot(summary, exit_layers, ds, confidences, path: Path):
+    """Speedups of self-speculative decoding with their SPEC 2.2 bounds, acceptance, and lossy early exit."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for c in confidences:
+        for d in ds:
+            names = [speculative_name(e, d, c) for e in exit_layers]
+            if names[0] not in summary:
+                continue
+            label = f"d={d}" + (f", c={c:g}" if c else "")
+            line, = ax1.plot(exit_layers, [summary[n]["speedup"] for n in names], marker="o",
+                             linestyle="-" if not c else ":", label=label)
+            if not c:
+                ax1.plot(exit_layers, [summary[n]["analytic_bound"] for n in names], linestyle="--", alpha=0.4,
+                         color=line.get_color())
+            ax2.plot(exit_layers, [summary[n]["acceptance_rate"] for n in names], marker="o",
+                     linestyle=line.get_linestyle(), color=line.get_color(), label=label)
+    ax1.axhline(1.0, color="grey", label="autoregressive")
+    ax3.plot(exit_layers, [summary[f"early_exit E={e}"]["speedup"] for e in exit_layers], "k--", marker="x")
+    ax3.axhline(1.0, color="grey")
+    ax1.set(xlabel="exit layer E", ylabel="speedup over autoregressive (median over prompts)",
+            title="Self-speculative (exact); dashed: SPEC 2.2 bound")
     ax2.set(xlabel="exit layer E", ylabel="accepted / drafted", ylim=(0, 1.02), title="Draft acceptance rate")
-    for ax in (ax1, ax2):
+    ax3.set(xlabel="exit layer E", ylabel="speedup over autoregressive", title="Early exit (lossy)")
+    for ax in (ax1, ax2, ax3):
         ax.set_xticks(exit_layers)
-        ax.legend(fontsize=8)
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -173,26 +200,28 @@ def main(argv=None):
     texts = list(prompts.humaneval_problems().values())[:args.num_prompts]
     options = {"autoregressive": {"strategy": "autoregressive"}}
     options.update({f"early_exit E={e}": {"strategy": "early_exit", "exit_layer": e} for e in exit_layers})
-    options.update({f"self_speculative E={e} d={d}": {"strategy": "self_speculative", "exit_layer": e,
-                                                       "num_speculations": d}
-                    for e in exit_layers for d in args.num_speculations})
+    options.update({speculative_name(e, d, c): {"strategy": "self_speculative", "exit_layer": e,
+                                                 "num_speculations": d, "confidence": c}
+                    for e in exit_layers for d in args.num_speculations for c in args.confidences
+                    if d > 1 or not c})  # a round always keeps its first draft: a threshold cannot shorten d = 1
     summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config)
-    print(f"{'configuration':32s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} exact")
+    print(f"{'configuration':38s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} exact")
     for name, row in summary.items():
         extra = (f"{row['acceptance_rate']:7.3f} {row['analytic_bound']:6.2f} {row['efficiency']:6.2f}"
                  if "efficiency" in row else " " * 21)
-        print(f"{name:32s} {row['tokens_per_second']:8.1f} {row['speedup']:7.2f}x {extra} "
+        print(f"{name:38s} {row['tokens_per_second']:8.1f} {row['speedup']:7.2f}x {extra} "
               f"{row['identical_to_autoregressive']}")
     speculative = {n: r for n, r in summary.items() if r["strategy"] == "self_speculative"}
     best_name = max(speculative, key=lambda n: speculative[n]["speedup"])
-    best = {"strategy": "self_speculative", "exit_layer": speculative[best_name]["exit_layer"],
-            "num_speculations": speculative[best_name]["num_speculations"]}
+    best = {"strategy": "self_speculative", **{k: speculative[best_name][k]
+                                               for k in ("exit_layer", "num_speculations", "confidence")}}
     print(f"best: {best_name}: speedup {speculative[best_name]['speedup']:.2f}x, "
           f"efficiency {speculative[best_name]['efficiency']:.2f}")
     by_batch = batched(config, params, tok, texts, best, args.batch_sizes, args.max_new_tokens)
-    streaming = streaming_overhead(config, params, tok, texts[0], best, args.max_new_tokens)
+    streaming = streaming_overhead(config, params, tok, texts[:3], best, args.max_new_tokens)
     print(f"streaming: {streaming['streamed_seconds']:.3f} s against {streaming['one_call_seconds']:.3f} s in one "
-          f"call (ratio {streaming['ratio']:.3f})")
+          f"call; paired ratio {streaming['ratio']:.3f} (quartiles {streaming['ratio_quartiles'][0]:.3f} - "
+          f"{streaming['ratio_quartiles'][1]:.3f}, {streaming['pairs']} pairs)")
     footprint = memory(config, params, tok, texts[0], best, args.max_new_tokens)
     print(f"memory (arguments + outputs + temporaries, batch 1): autoregressive {footprint['autoregressive'] / 2**20:.2f}"
           f" MiB, self-speculative {footprint['self_speculative'] / 2**20:.2f} MiB, ratio {footprint['ratio']:.3f}")
@@ -202,7 +231,7 @@ def main(argv=None):
               "summary": summary, "best": best_name, "batch_sizes": by_batch, "memory_bytes": footprint,
               "streaming": streaming}
     (args.out / "decode.json").write_text(json.dumps(result, indent=2))
-    plot(summary, exit_layers, args.num_speculations, args.out / "decode.png")
+    plot(summary, exit_layers, args.num_speculations, args.confidences, args.out / "decode.png")
     print(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.png'}")
 
 

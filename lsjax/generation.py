@@ -37,7 +37,7 @@ class Options:
     """What a user asks of a decode; `check` validates it against the model before anything compiles."""
 
     strategy: str = "self_speculative"
-    exit_layer: Optional[int] = None  # default: half of the layers (at least 1)
+    exit_layer: Optional[int] = None  # default: a quarter of the layers (at least 1)
     num_speculations: int = 2
     schedule: str = "fixed"
     confidence: float = 0.0  # stop a round's drafting below this top probability; 0 = never
@@ -50,7 +50,7 @@ class Options:
     def check(self, config: LlamaConfig) -> "Options":
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
         layers = config.num_layers
-        exit_layer = max(1, layers // 2) if self.exit_layer is None else self.exit_layer
+        exit_layer = max(1, layers // 4) if self.exit_layer is None else self.exit_layer
         _require(self.strategy in decoding.STRATEGIES, f"strategy={self.strategy!r}: expected one of "
                  f"{list(decoding.STRATEGIES)}")
         if self.strategy != "autoregressive":
@@ -162,6 +162,7 @@ class Decoder:
         total = int(np.sum(out.num_tokens))
         return {"strategy": self.options.strategy, "exit_layer": self.settings.exit_layer or None,
                 "num_speculations": self.settings.num_speculations if self.options.strategy == "self_speculative"
+                else None, "confidence": self.options.confidence if self.options.strategy == "self_speculative"
                 else None, "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds,
                 "outputs": rows}
 
@@ -172,7 +173,7 @@ class Decoder:
         """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
 
         The compiled loop sends its tokens through a host callback every `decoding.state.STREAM_EVERY`
-        rounds and carries on; the tail comes from its output. The decode runs in a worker thread so that
+        rounds and carries on; its output closes the stream. The decode runs in a worker thread so that
         the tokens reach the caller as they come, whichever way the runtime dispatches.
         """
         check_fits(self.config, batch, self.options.max_new_tokens)

@@ -1,10 +1,12 @@
 """decode.py end to end on checkpoints exported by lsjax, its one-line errors, and compiling once per bucket."""
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from lsjax import generation, hf, tokenizer
@@ -58,12 +60,14 @@ def test_mesh_flag_decodes_the_same_tokens_as_one_device(checkpoint, capsys):
 def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
     config, params, tok = decode.load_model(checkpoint)
     decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
-                                                                         max_new_tokens=30))
+                                                                         max_new_tokens=40))
     batch = generation.encode_prompts(tok, ["def add(a, b):"])
     chunks = list(decoder.stream(batch))
-    # 30 one-token rounds: callbacks after rounds 8, 16 and 24 (the first token comes from the prefill),
-    # then the rest from the loop's output
-    assert [len(ids) for ids, _ in chunks] == [9, 8, 8, 5]
+    # the first token comes from the prefill, then 39 one-token rounds; the host hears after every
+    # STREAM_EVERY rounds and after the last
+    every = generation.decoding.state.STREAM_EVERY
+    heard = [1 + r for r in range(every, 39, every)] + [40]
+    assert [len(ids) for ids, _ in chunks] == np.diff([0] + heard).tolist() and len(chunks) >= 3
     streamed = [int(t) for ids, _ in chunks for t in ids]
     assert streamed == decoder.generate(batch)["outputs"][0]["token_ids"]
     assert all((kinds == generation.decoding.FROM_MODEL).all() for _, kinds in chunks)
@@ -119,3 +123,27 @@ def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
         jax.monitoring.unregister_event_duration_listener(count)
     assert after_first >= 1 and len(compiles) == after_first
     assert result["outputs"][0]["new_tokens"] == 8
+
+
+def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(tmp_path, capsys):
+    """benchmarks/decode.py end to end on a random model (no timing is asserted: speed lives in the benchmark)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
+    spec = importlib.util.spec_from_file_location("benchmark_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config, params, tok = random_model()
+    directory = tmp_path / "ckpt"
+    hf.save(directory, config.replace(max_position_embeddings=1024), params, tokenizer=tok)
+    bench.main(["--checkpoint", str(directory), "--num-prompts", "2", "--max-new-tokens", "8", "--exit-layers", "1,2",
+                "--num-speculations", "1,3", "--confidences", "0,0.5", "--batch-sizes", "1,2", "--repeats", "1",
+                "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "decode.json").read_text())
+    speculative = {k: v for k, v in result["summary"].items() if v["strategy"] == "self_speculative"}
+    assert sorted(speculative) == sorted(f"self_speculative E={e} {dc}" for e in (1, 2)
+                                         for dc in ("d=1", "d=3", "d=3 c=0.5"))
+    assert all(row["identical_to_autoregressive"] for row in speculative.values())
+    for row in speculative.values():
+        assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["drafts_per_round"] <= row["num_speculations"]
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
+    assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
+    assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out

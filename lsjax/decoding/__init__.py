@@ -38,7 +38,8 @@ def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, pro
              knobs: Knobs, *, max_length: int, on_round: Optional[OnRound] = None) -> Output:
     """The whole decode in one compiled call: prefill, then rounds until every row is done.
 
-    on_round: called on the host with (count, tokens, kinds) every `state.STREAM_EVERY` rounds, for streaming."""
+    on_round: called on the host with (count, tokens, kinds) every `state.STREAM_EVERY` rounds and after the
+    last, for streaming."""
     depth = autoregressive.depth(config, settings)
     decode_state = state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
                                    knobs, max_length=max_length, depth=depth, cache_layers=depth)
