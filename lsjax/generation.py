@@ -160,11 +160,11 @@ class Decoder:
                          "drafted": drafted, "accepted": accepted, "rounds": int(out.rounds[b]),
                          "acceptance_rate": accepted / drafted if drafted else None})
         total = int(np.sum(out.num_tokens))
+        speculative = self.options.strategy == "self_speculative"
         return {"strategy": self.options.strategy, "exit_layer": self.settings.exit_layer or None,
-                "num_speculations": self.settings.num_speculations if self.options.strategy == "self_speculative"
-                else None, "confidence": self.options.confidence if self.options.strategy == "self_speculative"
-                else None, "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds,
-                "outputs": rows}
+                "num_speculations": self.settings.num_speculations if speculative else None,
+                "confidence": self.options.confidence if speculative else None,
+                "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds, "outputs": rows}
 
     def _on_round(self, count, tokens, kinds) -> None:
         self._rounds.put((count, tokens, kinds))
