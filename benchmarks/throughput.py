@@ -99,7 +99,8 @@ def measure_decoding(args, mesh):
         out[strategy] = {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs)}
     # an autoregressive step reads every weight and the whole static cache (attention is masked, not cut)
     slots = decoding.cache_length(decoders["autoregressive"].settings, batch.tokens.shape[1])
-    cache_bytes = 2 * config.num_layers * rows * slots * config.num_kv_heads * config.head_dim * 4
+    itemsize = jax.numpy.dtype(config.jnp_dtype).itemsize  # the cache is kept in the model's compute dtype
+    cache_bytes = 2 * config.num_layers * rows * slots * config.num_kv_heads * config.head_dim * itemsize
     steps_per_second = out["autoregressive"]["tokens_per_second"] / rows
     out["autoregressive"]["bytes_per_second"] = steps_per_second * (weight_bytes + cache_bytes)
     out["speedup"] = out["self_speculative"]["tokens_per_second"] / out["autoregressive"]["tokens_per_second"]
