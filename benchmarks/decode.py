@@ -35,12 +35,12 @@ import decode  # noqa: E402
 from lsjax import generation, prompts  # noqa: E402
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
-def floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x]
+def listed(cast):
+    """An argparse type: comma-separated values, each read by cast."""
+    def parse(text: str) -> list:
+        return [cast(x) for x in text.split(",") if x]
+    parse.__name__ = f"comma-separated {cast.__name__}"  # argparse names it in its error
+    return parse
 
 
 def parse_args(argv=None):
@@ -48,11 +48,11 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", type=Path, default=decode.DEFAULT_CHECKPOINT)
     parser.add_argument("--num-prompts", type=int, default=20, help="the first N HumanEval prompts (164: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--exit-layers", type=ints, default=None, help="E values (default: 1 .. L/2)")
-    parser.add_argument("--num-speculations", type=ints, default=[2, 4, 6])
-    parser.add_argument("--confidences", type=floats, default=[0.0],
+    parser.add_argument("--exit-layers", type=listed(int), default=None, help="E values (default: 1 .. L/2)")
+    parser.add_argument("--num-speculations", type=listed(int), default=[2, 4, 6])
+    parser.add_argument("--confidences", type=listed(float), default=[0.0],
                         help="draft confidence thresholds c (0 = off): a round stops drafting below c")
-    parser.add_argument("--batch-sizes", type=ints, default=[1, 4, 16])
+    parser.add_argument("--batch-sizes", type=listed(int), default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration per prompt (median)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return parser.parse_args(argv)
