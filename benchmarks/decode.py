@@ -9,7 +9,9 @@ Greedy decoding, compilation excluded. For every prompt every configuration runs
 ratios to autoregressive measured on the same prompt. For each self-speculative (E, d, confidence threshold
 c): the acceptance rate, the analytic speedup bound of SPEC 2.2 for the measured tokens and drafts per round,
 (1 + accepted / rounds) / ((drafted / rounds) E / L + 1) (drafted / rounds = d without a threshold), and the
-efficiency = measured speedup / bound; every output is checked token for token against autoregressive. Then
+efficiency = measured speedup / bound; also the bound that this machine's own pass costs allow (a draft step,
+a (d + 1)-token verification and a full step, each timed in a compiled loop) and the efficiency against it,
+which leaves only the loop's bookkeeping; every output is checked token for token against autoregressive. Then
 the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory footprint of both
 loops. Writes decode.json and decode.png under --out.
 """
@@ -17,6 +19,7 @@ loops. Writes decode.json and decode.png under --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -24,7 +27,10 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import matplotlib
+import numpy as np
+from jax import lax
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,7 +38,9 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decode  # noqa: E402
-from lsjax import generation, prompts  # noqa: E402
+from lsjax import generation, kvcache, model, prompts  # noqa: E402
+
+PASSES = 50  # cached passes per compiled loop in `pass_costs`
 
 
 def listed(cast):
@@ -63,6 +71,48 @@ def analytic_bound(tokens_per_round: float, drafts_per_round: float, exit_layer:
     return tokens_per_round / (drafts_per_round * exit_layer / num_layers + 1)
 
 
+def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, exit_layer: int, d: int) -> float:
+    """The speedup this machine's measured pass costs allow: a round runs drafts + 1 shallow passes (the last
+    draft too goes through layers [0, E)) and one verification of d + 1 tokens; autoregressive one full pass
+    per token. Its gap to the measured speedup is the loop's own bookkeeping and the passes' interference
+    in the CPU's caches (see `pass_costs`)."""
+    round_ms = (drafts_per_round + 1) * costs[f"draft E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
+    return tokens_per_round * costs["full"] / round_ms
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _cached_passes(config, params, start: int, stop: int, cache, x):
+    def one(_, carry):
+        cache, x = carry
+        out, cache = kvcache.run_cached_layers(config, params, cache, x, start, stop)
+        return cache, x + 1e-9 * model.unembed(config, params, out.x)[..., :1]  # each pass depends on the last
+    return lax.fori_loop(0, PASSES, one, (cache, x))
+
+
+def pass_costs(config, params, exit_layers, ds, cache_length: int, repeats: int = 7) -> dict:
+    """Milliseconds of one cached pass with the shared head, inside a compiled loop, at batch 1 with half the
+    cache filled: the full model on one token ("full"), layers [0, E) on one token ("draft E=e") and layers
+    [E, L) on d + 1 tokens ("verify E=e d=d"). Medians of `repeats` loops, the kinds taken in turn. Each loop
+    repeats one pass, so its weights stay in the CPU's caches as far as they fit: in a decode a draft step
+    follows a verification that has streamed the deep layers through them, and costs more."""
+    cache = kvcache.init_cache(config, 1, cache_length).replace(length=jnp.full((1,), cache_length // 2, jnp.int32))
+    runs = {"full": (0, config.num_layers, 1)}
+    runs.update({f"draft E={e}": (0, e, 1) for e in exit_layers})
+    runs.update({f"verify E={e} d={d}": (e, config.num_layers, d + 1) for e in exit_layers for d in ds})
+    calls = {name: functools.partial(_cached_passes, config, params, start, stop, cache,
+                                     jnp.full((1, width, config.hidden_size), 0.1, config.jnp_dtype))
+             for name, (start, stop, width) in runs.items()}
+    seconds = {name: [] for name in calls}
+    for call in calls.values():
+        jax.block_until_ready(call())  # compiles
+    for _ in range(repeats):
+        for name, call in calls.items():
+            begin = time.perf_counter()
+            jax.block_until_ready(call())
+            seconds[name].append(time.perf_counter() - begin)
+    return {name: 1000 * float(np.median(s)) / PASSES for name, s in seconds.items()}
+
+
 def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> generation.Decoder:
     return generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **options))
 
@@ -84,7 +134,7 @@ def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeat
     return results
 
 
-def summarise(results, config):
+def summarise(results, config, costs: dict):
     reference = results["autoregressive"]
     summary = {}
     for name, runs in results.items():
@@ -100,9 +150,12 @@ def summarise(results, config):
             accepted = sum(r["outputs"][0]["accepted"] for r in runs)
             rounds = sum(r["outputs"][0]["rounds"] for r in runs)
             bound = analytic_bound(1 + accepted / rounds, drafted / rounds, first["exit_layer"], config.num_layers)
+            measured = cost_bound(1 + accepted / rounds, drafted / rounds, costs, first["exit_layer"],
+                                  first["num_speculations"])
             row.update(confidence=first["confidence"], acceptance_rate=accepted / drafted,
                        tokens_per_round=1 + accepted / rounds, drafts_per_round=drafted / rounds,
-                       analytic_bound=bound, efficiency=row["speedup"] / bound)
+                       analytic_bound=bound, efficiency=row["speedup"] / bound,
+                       cost_bound=measured, cost_efficiency=row["speedup"] / measured)
         summary[name] = row
     return summary
 
@@ -207,11 +260,16 @@ def main(argv=None):
                                                  "num_speculations": d, "confidence": c}
                     for e in exit_layers for d in args.num_speculations for c in args.confidences
                     if d > 1 or not c})  # a round always keeps its first draft: a threshold cannot shorten d = 1
-    summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config)
-    print(f"{'configuration':38s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} exact")
+    cache_length = (generation.encode_prompts(tok, texts[:1]).tokens.shape[1] + args.max_new_tokens
+                    + max(args.num_speculations) + 1)
+    costs = pass_costs(config, params, exit_layers, args.num_speculations, cache_length)
+    print("pass costs (ms, cached, with the head): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
+    summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config, costs)
+    print(f"{'configuration':38s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} "
+          f"{'costs':>6s} {'effic.':>6s} exact")
     for name, row in summary.items():
-        extra = (f"{row['acceptance_rate']:7.3f} {row['analytic_bound']:6.2f} {row['efficiency']:6.2f}"
-                 if "efficiency" in row else " " * 21)
+        extra = (f"{row['acceptance_rate']:7.3f} {row['analytic_bound']:6.2f} {row['efficiency']:6.2f} "
+                 f"{row['cost_bound']:6.2f} {row['cost_efficiency']:6.2f}" if "efficiency" in row else " " * 35)
         print(f"{name:38s} {row['tokens_per_second']:8.1f} {row['speedup']:7.2f}x {extra} "
               f"{row['identical_to_autoregressive']}")
     speculative = {n: r for n, r in summary.items() if r["strategy"] == "self_speculative"}
@@ -231,7 +289,8 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(args.checkpoint), "device": jax.devices()[0].device_kind,
               "num_prompts": len(texts), "max_new_tokens": args.max_new_tokens, "num_layers": config.num_layers,
-              "summary": summary, "best": best_name, "batch_sizes": by_batch, "memory_bytes": footprint,
+              "pass_costs_ms": costs, "summary": summary, "best": best_name, "batch_sizes": by_batch,
+              "memory_bytes": footprint,
               "streaming": streaming}
     (args.out / "decode.json").write_text(json.dumps(result, indent=2))
     plot(summary, exit_layers, args.num_speculations, args.confidences, args.out / "decode.png")

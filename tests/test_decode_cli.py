@@ -145,5 +145,12 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(tmp_path,
     for row in speculative.values():
         assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["drafts_per_round"] <= row["num_speculations"]
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
+        assert row["cost_efficiency"] == pytest.approx(row["speedup"] / row["cost_bound"])
+    assert sorted(result["pass_costs_ms"]) == sorted(["full", "draft E=1", "draft E=2"] + [
+        f"verify E={e} d={d}" for e in (1, 2) for d in (1, 3)])
+    assert all(ms > 0 for ms in result["pass_costs_ms"].values())
+    # A round of 2 drafts: 3 shallow passes of 0.25 and a verification of 1.0 full steps yield 2.5 tokens.
+    costs = {"full": 2.0, "draft E=2": 0.5, "verify E=2 d=2": 2.0}
+    assert bench.cost_bound(2.5, 2.0, costs, 2, 2) == pytest.approx(2.5 / 1.75)
     assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
     assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out
