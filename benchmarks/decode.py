@@ -10,8 +10,9 @@ ratios to autoregressive measured on the same prompt. For each self-speculative 
 c): the acceptance rate, the analytic speedup bound of SPEC 2.2 for the measured tokens and drafts per round,
 (1 + accepted / rounds) / ((drafted / rounds) E / L + 1) (drafted / rounds = d without a threshold), and the
 efficiency = measured speedup / bound; also the bound that this machine's own pass costs allow (a draft step,
-a (d + 1)-token verification and a full step, each timed in a compiled loop) and the efficiency against it,
-which leaves only the loop's bookkeeping; every output is checked token for token against autoregressive. Then
+a (d + 1)-token verification and a full step, each timed alone in a compiled loop) and the efficiency against
+it, which is what the loops lose or gain beyond their passes; every output is checked token for token against
+autoregressive. Then
 the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory footprint of both
 loops. Writes decode.json and decode.png under --out.
 """
@@ -74,8 +75,8 @@ def analytic_bound(tokens_per_round: float, drafts_per_round: float, exit_layer:
 def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, exit_layer: int, d: int) -> float:
     """The speedup this machine's measured pass costs allow: a round runs drafts + 1 shallow passes (the last
     draft too goes through layers [0, E)) and one verification of d + 1 tokens; autoregressive one full pass
-    per token. Its gap to the measured speedup is the loop's own bookkeeping and the passes' interference
-    in the CPU's caches (see `pass_costs`)."""
+    per token. Its gap to the measured speedup is the loops' own bookkeeping and what their passes cost there
+    rather than alone (see `pass_costs`)."""
     round_ms = (drafts_per_round + 1) * costs[f"draft E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
     return tokens_per_round * costs["full"] / round_ms
 
@@ -93,8 +94,9 @@ def pass_costs(config, params, exit_layers, ds, cache_length: int, repeats: int 
     """Milliseconds of one cached pass with the shared head, inside a compiled loop, at batch 1 with half the
     cache filled: the full model on one token ("full"), layers [0, E) on one token ("draft E=e") and layers
     [E, L) on d + 1 tokens ("verify E=e d=d"). Medians of `repeats` loops, the kinds taken in turn. Each loop
-    repeats one pass, so its weights stay in the CPU's caches as far as they fit: in a decode a draft step
-    follows a verification that has streamed the deep layers through them, and costs more."""
+    repeats one pass, so its weights stay in the CPU's caches as far as they fit; inside a decode a pass can
+    cost more or less than alone (a draft step follows a verification that has streamed the deep layers'
+    weights through those caches)."""
     cache = kvcache.init_cache(config, 1, cache_length).replace(length=jnp.full((1,), cache_length // 2, jnp.int32))
     runs = {"full": (0, config.num_layers, 1)}
     runs.update({f"draft E={e}": (0, e, 1) for e in exit_layers})
