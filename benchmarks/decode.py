@@ -12,9 +12,8 @@ c): the acceptance rate, the analytic speedup bound of SPEC 2.2 for the measured
 efficiency = measured speedup / bound; also the bound that this machine's own pass costs allow (a draft step,
 a (d + 1)-token verification and a full step, each timed alone in a compiled loop) and the efficiency against
 it, which is what the loops lose or gain beyond their passes; every output is checked token for token against
-autoregressive. Then
-the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory footprint of both
-loops. Writes decode.json and decode.png under --out.
+autoregressive. Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory
+footprint of both loops. Writes decode.json and decode.png under --out.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decode  # noqa: E402
-from lsjax import generation, kvcache, model, prompts  # noqa: E402
+from lsjax import decoding, generation, kvcache, model, prompts  # noqa: E402
 
 PASSES = 50  # cached passes per compiled loop in `pass_costs`
 
@@ -151,11 +150,12 @@ def summarise(results, config, costs: dict):
             drafted = sum(r["outputs"][0]["drafted"] for r in runs)
             accepted = sum(r["outputs"][0]["accepted"] for r in runs)
             rounds = sum(r["outputs"][0]["rounds"] for r in runs)
-            bound = analytic_bound(1 + accepted / rounds, drafted / rounds, first["exit_layer"], config.num_layers)
-            measured = cost_bound(1 + accepted / rounds, drafted / rounds, costs, first["exit_layer"],
+            tokens_per_round, drafts_per_round = 1 + accepted / rounds, drafted / rounds
+            bound = analytic_bound(tokens_per_round, drafts_per_round, first["exit_layer"], config.num_layers)
+            measured = cost_bound(tokens_per_round, drafts_per_round, costs, first["exit_layer"],
                                   first["num_speculations"])
             row.update(confidence=first["confidence"], acceptance_rate=accepted / drafted,
-                       tokens_per_round=1 + accepted / rounds, drafts_per_round=drafted / rounds,
+                       tokens_per_round=tokens_per_round, drafts_per_round=drafts_per_round,
                        analytic_bound=bound, efficiency=row["speedup"] / bound,
                        cost_bound=measured, cost_efficiency=row["speedup"] / measured)
         summary[name] = row
@@ -262,8 +262,9 @@ def main(argv=None):
                                                  "num_speculations": d, "confidence": c}
                     for e in exit_layers for d in args.num_speculations for c in args.confidences
                     if d > 1 or not c})  # a round always keeps its first draft: a threshold cannot shorten d = 1
-    cache_length = (generation.encode_prompts(tok, texts[:1]).tokens.shape[1] + args.max_new_tokens
-                    + max(args.num_speculations) + 1)
+    longest_draft = decoding.Settings(strategy="self_speculative", num_speculations=max(args.num_speculations),
+                                      output_size=args.max_new_tokens)
+    cache_length = decoding.cache_length(longest_draft, generation.encode_prompts(tok, texts[:1]).tokens.shape[1])
     costs = pass_costs(config, params, exit_layers, args.num_speculations, cache_length)
     print("pass costs (ms, cached, with the head): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
     summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config, costs)
