@@ -12,7 +12,11 @@ c): the acceptance rate, the analytic speedup bound of SPEC 2.2 for the measured
 efficiency = measured speedup / bound; also the bound that this machine's own pass costs allow (a draft step,
 a (d + 1)-token verification and a full step, each timed alone in a compiled loop) and the efficiency against
 it, which is what the loops lose or gain beyond their passes; every output is checked token for token against
-autoregressive. Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory
+autoregressive. Then the ceiling at the best setting's E: the same loops on the same weights with layers
+[E, L) silenced (their output projections zeroed), so every draft is accepted while every pass costs what it
+did; it gives the loops' efficiency where acceptance is no limit, each d's round time, and the per-token
+acceptance a model would need for --target (SPEC 2.2's tokens per round, (1 - a^(d+1)) / (1 - a), at those
+round times). Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory
 footprint of both loops. Writes decode.json and decode.png under --out.
 """
 
@@ -60,6 +64,10 @@ def parse_args(argv=None):
     parser.add_argument("--num-speculations", type=listed(int), default=[2, 4, 6])
     parser.add_argument("--confidences", type=listed(float), default=[0.0],
                         help="draft confidence thresholds c (0 = off): a round stops drafting below c")
+    parser.add_argument("--ceiling-speculations", type=listed(int), default=[1, 2, 3, 4, 6],
+                        help="d values of the ceiling run (every draft accepted)")
+    parser.add_argument("--target", type=float, default=1.5,
+                        help="the speedup whose required per-token acceptance the ceiling reports")
     parser.add_argument("--batch-sizes", type=listed(int), default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration per prompt (median)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -78,6 +86,32 @@ def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, ex
     rather than alone (see `pass_costs`)."""
     round_ms = (drafts_per_round + 1) * costs[f"draft E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
     return tokens_per_round * costs["full"] / round_ms
+
+
+def tokens_per_round(acceptance: float, d: int) -> float:
+    """SPEC 2.2: the tokens a round of d drafts yields when each draft is accepted with probability a."""
+    return sum(acceptance ** i for i in range(d + 1))
+
+
+def acceptance_for(tokens: float, d: int):
+    """The per-token acceptance a at which a round of d drafts yields `tokens` (None: more than d + 1)."""
+    if tokens > d + 1:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(50):  # tokens_per_round rises with a: bisect
+        middle = (low + high) / 2
+        low, high = (middle, high) if tokens_per_round(middle, d) < tokens else (low, middle)
+    return high
+
+
+def silence_deep_layers(params, exit_layer: int):
+    """The same weights with the output projections (attention `o`, MLP `down`) of layers [E, L) zeroed: those
+    layers add nothing to the residual stream, so the full model predicts what layer E predicts and every draft
+    is accepted, while every pass reads and multiplies what it did (the zeros are data, not shapes)."""
+    layers = params["layers"]
+    silenced = lambda w: w.at[exit_layer:].set(0)
+    return {**params, "layers": {**layers, "attn": {**layers["attn"], "o": silenced(layers["attn"]["o"])},
+                                 "mlp": {**layers["mlp"], "down": silenced(layers["mlp"]["down"])}}}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
@@ -162,6 +196,32 @@ def summarise(results, config, costs: dict):
     return summary
 
 
+def ceiling(config, params, tok, texts, exit_layer: int, ds, costs: dict, max_new_tokens: int, repeats: int,
+            target: float) -> dict:
+    """Autoregressive and self-speculative (E, d) decoding on `silence_deep_layers` weights: every draft is
+    accepted, so the speedup is the most these loops give at this E and d on this machine, and its ratio to
+    SPEC 2.2's bound (tokens per round d + 1) is their efficiency with acceptance out of the picture. A round's
+    time does not depend on what is accepted (its passes have static widths), so the speedup at a per-token
+    acceptance a is this one scaled by tokens_per_round(a, d) / (d + 1); `acceptance_for_target` is the a at
+    which that reaches `target` (None: not even at a = 1)."""
+    options = {"autoregressive": {"strategy": "autoregressive"}}
+    options.update({speculative_name(exit_layer, d, 0): {"strategy": "self_speculative", "exit_layer": exit_layer,
+                                                          "num_speculations": d} for d in ds})
+    results = sweep(config, silence_deep_layers(params, exit_layer), tok, texts, options, max_new_tokens, repeats)
+    summary = summarise(results, config, costs)
+    token_ms = statistics.median(1000 * r["seconds"] / r["new_tokens"] for r in results["autoregressive"])
+    rows = {}
+    for d in ds:
+        name = speculative_name(exit_layer, d, 0)
+        round_ms = statistics.median(1000 * r["seconds"] / r["outputs"][0]["rounds"] for r in results[name])
+        row = summary[name]
+        rows[name] = {**row, "round_ms": round_ms,
+                      "acceptance_for_target": acceptance_for(target * row["tokens_per_round"] / row["speedup"], d)}
+    return {"exit_layer": exit_layer, "target": target, "autoregressive_token_ms": token_ms,
+            "identical_to_autoregressive": all(row["identical_to_autoregressive"] for row in rows.values()),
+            "rows": rows}
+
+
 def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens: int):
     """tokens/s of autoregressive and the best self-speculative setting at each batch size (median of 3)."""
     rows = []
@@ -219,9 +279,10 @@ def speculative_name(exit_layer: int, d: int, confidence: float) -> str:
     return f"self_speculative E={exit_layer} d={d}" + (f" c={confidence:g}" if confidence else "")
 
 
-def plot(summary, exit_layers, ds, confidences, path: Path):
-    """Speedups of self-speculative decoding with their SPEC 2.2 bounds, acceptance, and lossy early exit."""
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
+    """Speedups of self-speculative decoding with their SPEC 2.2 bounds, acceptance, lossy early exit, and the
+    speedup each d would give at a per-token acceptance a (from the ceiling's round times) with the model's."""
+    fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 4.2))
     for c in confidences:
         for d in ds:
             names = [speculative_name(e, d, c) for e in exit_layers]
@@ -244,8 +305,21 @@ def plot(summary, exit_layers, ds, confidences, path: Path):
     ax3.set(xlabel="exit layer E", ylabel="speedup over autoregressive", title="Early exit (lossy)")
     for ax in (ax1, ax2, ax3):
         ax.set_xticks(exit_layers)
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    exit_layer, grid = roof["exit_layer"], np.linspace(0.5, 1.0, 101)
+    for name, row in roof["rows"].items():
+        d = row["num_speculations"]
+        scale = row["speedup"] / row["tokens_per_round"]
+        line, = ax4.plot(grid, [tokens_per_round(a, d) * scale for a in grid], label=f"d={d}")
+        model_row = summary.get(name)
+        if model_row is not None:  # the model's own point at this (E, d), without a confidence threshold
+            ax4.plot(acceptance_for(model_row["tokens_per_round"], d), model_row["speedup"], "o",
+                     color=line.get_color())
+    ax4.axhline(roof["target"], color="grey", linestyle="--", label=f"{roof['target']:g}x")
+    ax4.axhline(1.0, color="grey")
+    ax4.set(xlabel="per-token acceptance a", ylabel="speedup over autoregressive",
+            title=f"E={exit_layer}: speedup at acceptance a, from the ceiling (dots: this model)")
+    for ax in (ax1, ax2, ax4):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -262,10 +336,11 @@ def main(argv=None):
                                                  "num_speculations": d, "confidence": c}
                     for e in exit_layers for d in args.num_speculations for c in args.confidences
                     if d > 1 or not c})  # a round always keeps its first draft: a threshold cannot shorten d = 1
-    longest_draft = decoding.Settings(strategy="self_speculative", num_speculations=max(args.num_speculations),
+    all_ds = sorted(set(args.num_speculations) | set(args.ceiling_speculations))
+    longest_draft = decoding.Settings(strategy="self_speculative", num_speculations=max(all_ds),
                                       output_size=args.max_new_tokens)
     cache_length = decoding.cache_length(longest_draft, generation.encode_prompts(tok, texts[:1]).tokens.shape[1])
-    costs = pass_costs(config, params, exit_layers, args.num_speculations, cache_length)
+    costs = pass_costs(config, params, exit_layers, all_ds, cache_length)
     print("pass costs (ms, cached, with the head): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
     summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config, costs)
     print(f"{'configuration':38s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} "
@@ -281,6 +356,15 @@ def main(argv=None):
                                                for k in ("exit_layer", "num_speculations", "confidence")}}
     print(f"best: {best_name}: speedup {speculative[best_name]['speedup']:.2f}x, "
           f"efficiency {speculative[best_name]['efficiency']:.2f}")
+    roof = ceiling(config, params, tok, texts, best["exit_layer"], args.ceiling_speculations, costs,
+                   args.max_new_tokens, args.repeats, args.target)
+    print(f"ceiling (layers >= {roof['exit_layer']} silenced: every draft accepted; autoregressive "
+          f"{roof['autoregressive_token_ms']:.3f} ms/token; outputs identical: {roof['identical_to_autoregressive']}):")
+    for name, row in roof["rows"].items():
+        needed = row["acceptance_for_target"]
+        print(f"  {name:30s} speedup {row['speedup']:5.2f}x  tokens/round {row['tokens_per_round']:5.2f}  "
+              f"bound {row['analytic_bound']:5.2f}  efficiency {row['efficiency']:5.2f}  round {row['round_ms']:6.3f} ms  "
+              f"{args.target:g}x needs per-token acceptance " + (f"{needed:.3f}" if needed is not None else "> 1"))
     by_batch = batched(config, params, tok, texts, best, args.batch_sizes, args.max_new_tokens)
     streaming = streaming_overhead(config, params, tok, texts[:3], best, args.max_new_tokens)
     print(f"streaming: {streaming['streamed_seconds']:.3f} s against {streaming['one_call_seconds']:.3f} s in one "
@@ -292,11 +376,11 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(args.checkpoint), "device": jax.devices()[0].device_kind,
               "num_prompts": len(texts), "max_new_tokens": args.max_new_tokens, "num_layers": config.num_layers,
-              "pass_costs_ms": costs, "summary": summary, "best": best_name, "batch_sizes": by_batch,
+              "pass_costs_ms": costs, "summary": summary, "best": best_name, "ceiling": roof, "batch_sizes": by_batch,
               "memory_bytes": footprint,
               "streaming": streaming}
     (args.out / "decode.json").write_text(json.dumps(result, indent=2))
-    plot(summary, exit_layers, args.num_speculations, args.confidences, args.out / "decode.png")
+    plot(summary, exit_layers, args.num_speculations, args.confidences, roof, args.out / "decode.png")
     print(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.png'}")
 
 

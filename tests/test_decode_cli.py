@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from lsjax import generation, hf, tokenizer
+from lsjax import generation, hf, model, tokenizer
 
 from tests.random_model import random_model
 
@@ -125,17 +127,45 @@ def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
     assert result["outputs"][0]["new_tokens"] == 8
 
 
-def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(tmp_path, capsys):
-    """benchmarks/decode.py end to end on a random model (no timing is asserted: speed lives in the benchmark)."""
+@pytest.fixture(scope="module")
+def bench():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
     spec = importlib.util.spec_from_file_location("benchmark_decode", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_silenced_deep_layers_make_the_full_model_predict_what_layer_e_does(bench):
+    """The ceiling's weights: layers [E, L) add nothing, so the full model's logits are exactly the exit's."""
+    config, params, _ = random_model()
+    tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, config.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    for exit_layer in range(1, config.num_layers):
+        silenced = bench.silence_deep_layers(params, exit_layer)
+        x = model.run_layers(config, silenced, model.embed(config, silenced, tokens), 0, exit_layer,
+                             positions=positions, mask=model.causal_mask(2, 9)).x
+        np.testing.assert_array_equal(model.logits(config, silenced, tokens), model.unembed(config, silenced, x))
+        assert not np.array_equal(model.logits(config, params, tokens), model.unembed(config, params, x))
+
+
+@settings(deadline=None, max_examples=50)
+@given(acceptance=st.floats(0.0, 1.0), d=st.integers(1, 8))
+def test_acceptance_for_inverts_spec_tokens_per_round(bench, acceptance, d):
+    tokens = bench.tokens_per_round(acceptance, d)
+    assert 1 <= tokens <= d + 1
+    assert bench.acceptance_for(tokens, d) == pytest.approx(acceptance, abs=1e-6)
+    assert bench.acceptance_for(d + 1.01, d) is None
+
+
+def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(bench, tmp_path, capsys):
+    """benchmarks/decode.py end to end on a random model (no timing is asserted: speed lives in the benchmark)."""
     config, params, tok = random_model()
     directory = tmp_path / "ckpt"
     hf.save(directory, config.replace(max_position_embeddings=1024), params, tokenizer=tok)
     bench.main(["--checkpoint", str(directory), "--num-prompts", "2", "--max-new-tokens", "8", "--exit-layers", "1,2",
-                "--num-speculations", "1,3", "--confidences", "0,0.5", "--batch-sizes", "1,2", "--repeats", "1",
+                "--num-speculations", "1,3", "--confidences", "0,0.5", "--ceiling-speculations", "1,2",
+                "--batch-sizes", "1,2", "--repeats", "1",
                 "--out", str(tmp_path)])
     result = json.loads((tmp_path / "decode.json").read_text())
     speculative = {k: v for k, v in result["summary"].items() if v["strategy"] == "self_speculative"}
@@ -147,10 +177,16 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(tmp_path,
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
         assert row["cost_efficiency"] == pytest.approx(row["speedup"] / row["cost_bound"])
     assert sorted(result["pass_costs_ms"]) == sorted(["full", "draft E=1", "draft E=2"] + [
-        f"verify E={e} d={d}" for e in (1, 2) for d in (1, 3)])
+        f"verify E={e} d={d}" for e in (1, 2) for d in (1, 2, 3)])
     assert all(ms > 0 for ms in result["pass_costs_ms"].values())
     # A round of 2 drafts: 3 shallow passes of 0.25 and a verification of 1.0 full steps yield 2.5 tokens.
     costs = {"full": 2.0, "draft E=2": 0.5, "verify E=2 d=2": 2.0}
     assert bench.cost_bound(2.5, 2.0, costs, 2, 2) == pytest.approx(2.5 / 1.75)
+    roof = result["ceiling"]
+    assert roof["exit_layer"] == result["summary"][result["best"]]["exit_layer"] and roof["identical_to_autoregressive"]
+    assert sorted(row["num_speculations"] for row in roof["rows"].values()) == [1, 2]
+    for row in roof["rows"].values():  # every draft accepted (the budget may cut the last round's)
+        assert row["acceptance_rate"] > 0.7 and row["round_ms"] > 0
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
     assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
     assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out
