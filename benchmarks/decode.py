@@ -15,8 +15,8 @@ it, which is what the loops lose or gain beyond their passes; every output is ch
 autoregressive. Then the ceiling at the best setting's E: the same loops on the same weights with layers
 [E, L) silenced (their output projections zeroed), so every draft is accepted while every pass costs what it
 did; it gives the loops' efficiency where acceptance is no limit, each d's round time, and the per-token
-acceptance a model would need for --target (SPEC 2.2's tokens per round, (1 - a^(d+1)) / (1 - a), at those
-round times). Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory
+acceptance a model would need for --target (the ceiling's speedup scaled by SPEC 2.2's tokens per round,
+(1 - a^(d+1)) / (1 - a), over the d + 1 it had). Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory
 footprint of both loops. Writes decode.json and decode.png under --out.
 """
 
@@ -281,7 +281,7 @@ def speculative_name(exit_layer: int, d: int, confidence: float) -> str:
 
 def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
     """Speedups of self-speculative decoding with their SPEC 2.2 bounds, acceptance, lossy early exit, and the
-    speedup each d would give at a per-token acceptance a (from the ceiling's round times) with the model's."""
+    speedup each d would give at a per-token acceptance a (the ceiling's, scaled) with the model's."""
     fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 4.2))
     for c in confidences:
         for d in ds:
