@@ -188,7 +188,8 @@ def summarise(results, config, costs: dict):
             bound = analytic_bound(tokens_per_round, drafts_per_round, first["exit_layer"], config.num_layers)
             measured = cost_bound(tokens_per_round, drafts_per_round, costs, first["exit_layer"],
                                   first["num_speculations"])
-            row.update(confidence=first["confidence"], acceptance_rate=accepted / drafted,
+            row.update(confidence=first["confidence"], drafted=drafted, accepted=accepted,
+                       acceptance_rate=accepted / drafted,
                        tokens_per_round=tokens_per_round, drafts_per_round=drafts_per_round,
                        analytic_bound=bound, efficiency=row["speedup"] / bound,
                        cost_bound=measured, cost_efficiency=row["speedup"] / measured)

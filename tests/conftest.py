@@ -11,6 +11,7 @@ import os
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
                                     "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
 
+import hypothesis  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -18,6 +19,11 @@ from lsjax import model  # noqa: E402
 from lsjax.config import LlamaConfig, RopeScaling  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# `python -m tests.mutants` only asks whether a test fails: skip shrinking the failing example (minutes of
+# recompiles) and the example database.
+hypothesis.settings.register_profile("mutants", database=None, phases=[hypothesis.Phase.explicit,
+                                                                       hypothesis.Phase.generate])
 
 # Three tiny architectures, one per Llama generation the library claims to cover.
 HF_TINY_CONFIGS = {
@@ -75,7 +81,11 @@ TINY_LLAMA3 = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=48, n
 def tiny_model(request):
     """(config, params) of a small random lsjax model, with a larger init so layers matter."""
     config = {"tiny": TINY, "tiny_llama3": TINY_LLAMA3}[request.param]
-    params = model.init(config, jax.random.key(42))
+    return config, scaled(model.init(config, jax.random.key(42)), 4.0)
+
+
+def scaled(params, factor: float):
+    """Params with every matrix multiplied by `factor` (norm scales kept): model.init's 0.02 gives near-zero
+    logits and layers that barely matter, so exits agree and distributions are almost uniform."""
     is_norm = lambda path: any(getattr(k, "key", None) == "scale" for k in path)
-    params = jax.tree_util.tree_map_with_path(lambda path, p: p if is_norm(path) else 4.0 * p, params)
-    return config, params
+    return jax.tree_util.tree_map_with_path(lambda path, p: p if is_norm(path) else factor * p, params)

@@ -185,8 +185,9 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(bench, tm
     roof = result["ceiling"]
     assert roof["exit_layer"] == result["summary"][result["best"]]["exit_layer"] and roof["identical_to_autoregressive"]
     assert sorted(row["num_speculations"] for row in roof["rows"].values()) == [1, 2]
-    for row in roof["rows"].values():  # every draft accepted (the budget may cut the last round's)
-        assert row["acceptance_rate"] > 0.7 and row["round_ms"] > 0
+    for row in roof["rows"].values():  # every draft accepted, but for what the budget or an end of sequence
+        # cuts from a decode's last round (at most d - 1 drafts, one decode per prompt)
+        assert 0 <= row["drafted"] - row["accepted"] <= 2 * (row["num_speculations"] - 1) and row["round_ms"] > 0
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
     assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
     assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out

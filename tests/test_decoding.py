@@ -3,6 +3,7 @@ model on the growing sequence, self-speculative greedy against autoregressive gr
 ragged batches, adaptive drafting), self-speculative sampling against the full model's distribution."""
 
 import functools
+import itertools
 from pathlib import Path
 
 import jax
@@ -12,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from scipy import stats
 
-from tests.conftest import TINY
+from tests.conftest import TINY, scaled
 from lsjax import decoding, generation, hf, model, prompts, tokenizer
 from lsjax.config import LlamaConfig
-from lsjax.decoding import Knobs, Sampling, Settings, self_speculative
+from lsjax.decoding import Knobs, Sampling, Settings, self_speculative, state as state_lib
 
 
 def right_pad(prompts, width=None):
@@ -61,9 +62,7 @@ def reference_greedy(config, params, prompt, steps, depth=None, eos_ids=()):
 
 def scaled_random_model(config, seed):
     """Random params with larger matrices, so that layers matter and exits disagree."""
-    params = model.init(config, jax.random.key(seed))
-    is_norm = lambda path: any(getattr(k, "key", None) == "scale" for k in path)
-    return jax.tree_util.tree_map_with_path(lambda path, p: p if is_norm(path) else 4.0 * p, params)
+    return scaled(model.init(config, jax.random.key(seed)), 4.0)
 
 
 def test_autoregressive_and_early_exit_equal_rerunning_the_model(tiny_model):
@@ -132,48 +131,144 @@ def test_self_speculative_at_every_exit_layer_and_draft_count():
             assert np.all(produced - 1 <= np.asarray(out.num_tokens)) and np.all(out.num_tokens <= produced)
 
 
+# On a 5-token vocabulary a draft slot that a row never filled this round (it stopped at the confidence threshold
+# or its schedule asked for fewer drafts) still holds a token that often equals the full model's: only the
+# row's own count n may be accepted.
+SMALL_VOCAB = LlamaConfig(vocab_size=5, hidden_size=32, intermediate_size=48, num_layers=4, num_heads=4, num_kv_heads=2)
+SHORT_DRAFTS = [  # (E, d, schedule, confidence): rows draft fewer than d in many rounds
+    (1, 4, "heuristic", 0.0), (2, 4, "fixed", 0.6), (1, 6, "heuristic", 0.5), (3, 3, "fixed", 0.45)]
+
+
+@hsettings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 16), short=st.sampled_from(SHORT_DRAFTS),
+       lengths=st.lists(st.integers(1, 8), min_size=4, max_size=4))
+def test_rows_that_draft_fewer_than_d_accept_only_their_own_drafts(seed, short, lengths):
+    exit_layer, d, schedule, confidence = short
+    params = scaled_random_model(SMALL_VOCAB, seed)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, SMALL_VOCAB.vocab_size, n).tolist() for n in lengths]
+    # one padded width, so every example reuses the two compiled loops of its setting
+    tokens, prompt_lengths = right_pad(prompts, width=8)
+    speculative = Settings(strategy="self_speculative", exit_layer=exit_layer, num_speculations=d, schedule=schedule,
+                           output_size=16)
+    decode = lambda settings: rows(decoding.generate(
+        SMALL_VOCAB, params, settings, tokens, prompt_lengths, 16, jax.random.key(0),
+        Knobs.make(confidence=confidence), max_length=decoding.cache_length(speculative, 8)))
+    assert decode(speculative) == decode(Settings(output_size=16))
+
+
+def _rounds(config, params, settings: Settings, prompts, max_new_tokens, knobs):
+    """Runs the self-speculative rounds one at a time: per round, the drafts and accepted drafts of every row
+    ([rounds, B] each) and which rows took part."""
+    tokens, lengths = right_pad(prompts)
+    state = state_lib.start(config, params, settings, tokens, lengths, max_new_tokens, jax.random.key(0), knobs,
+                            max_length=decoding.cache_length(settings, tokens.shape[1]), depth=config.num_layers,
+                            cache_layers=config.num_layers)
+    advance = jax.jit(functools.partial(self_speculative.advance, config, params, settings, knobs))
+    drafted, accepted, active = [], [], []
+    while not np.all(state.done):
+        active.append(~np.asarray(state.done))
+        new = advance(state)
+        drafted.append(np.asarray(new.drafted - state.drafted))
+        accepted.append(np.asarray(new.accepted - state.accepted))
+        state = new
+    return np.asarray(drafted), np.asarray(accepted), np.asarray(active)
+
+
+def test_heuristic_schedule_drafts_two_more_after_a_full_acceptance_and_one_fewer_otherwise():
+    d = 6
+    params = scaled_random_model(SMALL_VOCAB, 0)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, SMALL_VOCAB.vocab_size, n).tolist() for n in (3, 7, 5)]
+    settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=d, schedule="heuristic",
+                        output_size=48)
+    drafted, accepted, active = _rounds(SMALL_VOCAB, params, settings, prompts, 48, Knobs.make())
+    want = np.full(len(prompts), d)  # the first round drafts d
+    moves = set()
+    for r in range(len(drafted)):
+        np.testing.assert_array_equal(drafted[r][active[r]], want[active[r]], err_msg=f"round {r}")
+        full = accepted[r] == drafted[r]
+        want = np.where(active[r], np.clip(np.where(full, want + 2, want - 1), 1, d), want)
+        moves |= {(bool(f), int(w)) for f, w, a in zip(full, drafted[r], active[r]) if a}
+    # the schedule was exercised: up from the floor, up into the cap (d - 1 -> d) and at it, down from d and at 1
+    assert {(True, 1), (True, d - 1), (True, d), (False, d), (False, 1)} <= moves, moves
+
+
+def test_fixed_schedule_drafts_d_every_round_and_the_confidence_stop_counts_its_last_draft():
+    params = scaled_random_model(SMALL_VOCAB, 4)
+    prompts = [[1, 2, 3], [4, 0], [2, 2, 2, 1, 0]]
+    settings = Settings(strategy="self_speculative", exit_layer=1, num_speculations=3, output_size=32)
+    drafted, _, active = _rounds(SMALL_VOCAB, params, settings, prompts, 32, Knobs.make())
+    assert np.all(drafted[active] == 3) and np.all(drafted[~active] == 0)
+    # a threshold no draft reaches: each row drafts its one unconfident token, then stops
+    drafted, _, active = _rounds(SMALL_VOCAB, params, settings, prompts, 32, Knobs.make(confidence=0.999))
+    assert np.all(drafted[active] == 1)
+
+
 # --- sampling ------------------------------------------------------------------------------------------------
 
-SAMPLING_CONFIG = LlamaConfig(vocab_size=6, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
+SAMPLING_CONFIG = LlamaConfig(vocab_size=4, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
                               num_kv_heads=2)
-PROMPT = [1, 4, 2]
-DRAWS = 6000
+PROMPT = [1, 3, 2]
+NEW_TOKENS = 5  # the prefill's token, then at least two rounds (a round emits at most d + 1 <= 4)
+DRAWS = 8000
 
 
-def _exact_pair_probabilities(config, params, knobs, sampling):
-    """P(first two generated tokens = (i, j)) under the full model, after the same temperature / top-k / top-p."""
-    dist = lambda logits: decoding.sampling.distribution(sampling, knobs, logits)
-    first = dist(model.logits(config, params, jnp.asarray([PROMPT]))[0, -1])
-    continuations = jnp.asarray([PROMPT + [i] for i in range(config.vocab_size)])
-    second = dist(model.logits(config, params, continuations)[:, -1])
-    return np.asarray(first[:, None] * second)
+def _exact_sequence_probabilities(config, params, knobs, sampling, length):
+    """P(the first `length` generated tokens = s) for every s, an array [V] * length: the full model run over
+    every continuation of PROMPT, after the same temperature / top-k / top-p."""
+    vocab = config.vocab_size
+    sequences = np.asarray(list(itertools.product(range(vocab), repeat=length)), np.int32)  # [V^n, n]
+    tokens = np.concatenate([np.tile(PROMPT, (len(sequences), 1)), sequences], axis=1)
+    logits = model.logits(config, params, jnp.asarray(tokens))[:, len(PROMPT) - 1:-1]  # predicts each new token
+    probs = np.asarray(decoding.sampling.distribution(sampling, knobs, logits), np.float64)
+    picked = np.take_along_axis(probs, sequences[..., None], axis=-1)[..., 0]
+    return np.prod(picked, axis=1).reshape((vocab,) * length)
 
 
-def _sampled_pairs(config, params, knobs, sampling, **settings):
-    out = generate(config, params, [PROMPT] * DRAWS, 2, key=11, knobs=knobs, sampling=sampling, **settings)
-    pairs = np.asarray(out.tokens[:, :2])
-    return np.bincount(pairs[:, 0] * config.vocab_size + pairs[:, 1], minlength=config.vocab_size ** 2)
+def _sampled_sequences(config, params, knobs, sampling, **settings):
+    out = generate(config, params, [PROMPT] * DRAWS, NEW_TOKENS, key=11, knobs=knobs, sampling=sampling, **settings)
+    assert np.all(np.asarray(out.num_tokens) == NEW_TOKENS)
+    return np.asarray(out.tokens[:, :NEW_TOKENS]), out
 
 
-def _chi_square_p_value(counts, probabilities):
-    expected = probabilities.reshape(-1) * counts.sum()
+def _chi_square_p_value(samples, probabilities):
+    """samples [N] of outcomes 0..K-1 against probabilities [K]."""
+    expected = probabilities.reshape(-1) * len(samples)
+    counts = np.bincount(samples, minlength=expected.size)
     keep = expected > 0
     assert counts[~keep].sum() == 0, "sampled a token the full model gives probability 0"
     return stats.chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue
 
 
-@pytest.mark.parametrize("sampling,knobs", [
-    (Sampling(greedy=False), Knobs.make(temperature=1.0)),
-    (Sampling(greedy=False, top_k=4), Knobs.make(temperature=0.7, top_p=0.9)),
+def _worst_pair_p_value(sequences, exact):
+    """The smallest chi-square p-value over every pair of consecutive tokens (t_k, t_k+1)."""
+    vocab, length = exact.shape[0], exact.ndim
+    values = []
+    for k in range(length - 1):
+        others = tuple(i for i in range(length) if i not in (k, k + 1))
+        pair = exact.sum(axis=others)
+        values.append(_chi_square_p_value(sequences[:, k] * vocab + sequences[:, k + 1], pair))
+    return min(values)
+
+
+@pytest.mark.parametrize("sampling,knobs,speculation", [
+    (Sampling(greedy=False), Knobs.make(temperature=1.0), dict(exit_layer=1, num_speculations=2)),
+    (Sampling(greedy=False, top_k=3), Knobs.make(temperature=0.7, top_p=0.9, confidence=0.5),
+     dict(exit_layer=2, num_speculations=3, schedule="heuristic")),
 ])
-def test_self_speculative_sampling_matches_the_full_model(sampling, knobs):
+def test_self_speculative_sampling_matches_the_full_model_over_several_rounds(sampling, knobs, speculation):
+    """Every pair of consecutive tokens over two or more rounds: accepted drafts, residual draws, bonus tokens
+    and the rollback between rounds all have to be right for these to follow the full model."""
     params = scaled_random_model(SAMPLING_CONFIG, 5)
-    exact = _exact_pair_probabilities(SAMPLING_CONFIG, params, knobs, sampling)
-    autoregressive = _sampled_pairs(SAMPLING_CONFIG, params, knobs, sampling)
-    speculative = _sampled_pairs(SAMPLING_CONFIG, params, knobs, sampling, strategy="self_speculative",
-                                 exit_layer=1, num_speculations=2)
-    assert _chi_square_p_value(autoregressive, exact) > 1e-3
-    assert _chi_square_p_value(speculative, exact) > 1e-3
+    exact = _exact_sequence_probabilities(SAMPLING_CONFIG, params, knobs, sampling, NEW_TOKENS)
+    autoregressive, _ = _sampled_sequences(SAMPLING_CONFIG, params, knobs, sampling)
+    speculative, out = _sampled_sequences(SAMPLING_CONFIG, params, knobs, sampling, strategy="self_speculative",
+                                          **speculation)
+    assert np.all(np.asarray(out.rounds) >= 2)
+    assert 0 < int(np.sum(out.accepted)) < int(np.sum(out.drafted))  # both acceptance and rejection happen
+    assert _worst_pair_p_value(autoregressive, exact) > 1e-3
+    assert _worst_pair_p_value(speculative, exact) > 1e-3
 
 
 def _accept_every_draft(p, q, drafts, n, key):
@@ -186,15 +281,59 @@ def _accept_every_draft(p, q, drafts, n, key):
 def test_the_chi_square_test_catches_a_wrong_acceptance_rule(monkeypatch):
     sampling, knobs = Sampling(greedy=False), Knobs.make(temperature=1.0)
     params = scaled_random_model(SAMPLING_CONFIG, 5)
-    exact = _exact_pair_probabilities(SAMPLING_CONFIG, params, knobs, sampling)
+    exact = _exact_sequence_probabilities(SAMPLING_CONFIG, params, knobs, sampling, NEW_TOKENS)
     monkeypatch.setattr(self_speculative, "_accept_sampled", _accept_every_draft)
     jax.clear_caches()  # the jitted loop must be traced again with the wrong rule
     try:
-        wrong = _sampled_pairs(SAMPLING_CONFIG, params, knobs, sampling, strategy="self_speculative",
-                               exit_layer=1, num_speculations=2)
+        wrong, _ = _sampled_sequences(SAMPLING_CONFIG, params, knobs, sampling, strategy="self_speculative",
+                                      exit_layer=1, num_speculations=2)
     finally:
         jax.clear_caches()
-    assert _chi_square_p_value(wrong, exact) < 1e-6
+    assert _worst_pair_p_value(wrong, exact) < 1e-6
+
+
+ROWS, D, V = 30000, 3, 5
+
+
+def _fixed_distributions(seed):
+    """p [D + 1, V] (the full model at each position of a round) and q [D, V] (the draft), and per row a
+    draft count n in 1..D, drafts drawn from q, and stale tokens past n (the slots a row never drafted)."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(V), D + 1)
+    q = 0.6 * p[:D] + 0.4 * rng.dirichlet(np.ones(V), D)
+    n = rng.integers(1, D + 1, ROWS)
+    drafts = np.stack([rng.choice(V, ROWS, p=q[i]) for i in range(D)], axis=1)
+    drafts = np.where(np.arange(D)[None] < n[:, None], drafts, rng.integers(0, V, (ROWS, D)))
+    return p, q, n, drafts
+
+
+def _accept(p, q, drafts, n, seed=0):
+    broadcast = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (ROWS,) + a.shape)
+    accepted, token = self_speculative._accept_sampled(broadcast(p), broadcast(q), jnp.asarray(drafts, jnp.int32),
+                                                       jnp.asarray(n, jnp.int32), jax.random.key(seed))
+    return np.asarray(accepted), np.asarray(token)
+
+
+def test_sampled_acceptance_takes_the_bonus_from_p_after_the_last_draft():
+    """q = p: every draft is kept, and the bonus token of a row with n drafts follows p at position n."""
+    p, _, n, drafts = _fixed_distributions(0)
+    accepted, token = _accept(p, p[:D], drafts, n)
+    np.testing.assert_array_equal(accepted, n)
+    for count in range(1, D + 1):
+        assert _chi_square_p_value(token[n == count], p[count]) > 1e-3, count
+
+
+def test_sampled_acceptance_emits_every_position_from_p():
+    """The rule on fixed distributions: whatever a row emits at position k of a round (a kept draft, the
+    residual draw at the first rejection, or the bonus after its n drafts) follows p_k, and a stale slot past
+    n is never kept."""
+    p, q, n, drafts = _fixed_distributions(1)
+    accepted, token = _accept(p, q, drafts, n)
+    assert np.all(accepted <= n)
+    for k in range(D + 1):
+        reached = (accepted >= k) & (k <= n)
+        emitted = np.where(accepted > k, drafts[:, min(k, D - 1)], token)[reached]
+        assert reached.sum() > 2000 and _chi_square_p_value(emitted, p[k]) > 1e-3, k
 
 
 def test_sampling_filters():

@@ -7,7 +7,7 @@ import pytest
 
 from lsjax import early_exit as ee
 from lsjax import model
-from tests.conftest import TINY
+from tests.conftest import TINY, scaled
 
 
 def test_exit_scales_equal_hand_computed():
@@ -60,6 +60,27 @@ def test_rotational_curriculum_equals_hand_computed(step, layers, weights):
 
 
 @pytest.mark.parametrize("step,enabled", [
+    # L = 7, R = 3: layer l is on at step t when (l - t) mod 3 == 0, and the last layer always
+    (0, [1, 0, 0, 1, 0, 0, 1]), (1, [0, 1, 0, 0, 1, 0, 1]), (2, [0, 0, 1, 0, 0, 1, 1]),
+    (3, [1, 0, 0, 1, 0, 0, 1]), (4, [0, 1, 0, 0, 1, 0, 1]), (11, [0, 0, 1, 0, 0, 1, 1]),
+])
+def test_rotational_curriculum_over_three_groups_equals_hand_computed(step, enabled):
+    np.testing.assert_array_equal(ee.curriculum_mask("rotational", 7, step, 100, rotation=3), np.asarray(enabled, bool))
+
+
+@pytest.mark.parametrize("step,layers,weights", [
+    # L = 7, e_scale = 1: e = [0, 1, 3, 6, 10, 15, 6 + 15]; K = min(6, ceil(7/3) + 1) = 4 slots
+    (0, [3, 6, 6, 6], [6 / 27, 21 / 27, 0.0, 0.0]),  # enabled {0, 3, 6}; e(0) = 0 takes no slot
+    (1, [1, 4, 6, 6], [1 / 32, 10 / 32, 21 / 32, 0.0]),
+    (2, [2, 5, 6, 6], [3 / 39, 15 / 39, 21 / 39, 0.0]),
+])
+def test_rotational_selection_over_three_groups_equals_hand_computed(step, layers, weights):
+    sel = ee.select_layers("rotational", 7, step=step, total_steps=100, e_scale=1.0, rotation=3)
+    np.testing.assert_array_equal(sel.layers, layers)
+    np.testing.assert_allclose(sel.weights, weights, atol=1e-6)
+
+
+@pytest.mark.parametrize("step,enabled", [
     (0, [0, 0, 0, 1]), (19, [0, 0, 0, 1]), (20, [0, 0, 1, 1]), (29, [0, 0, 1, 1]), (30, [0, 1, 1, 1]),
     (39, [0, 1, 1, 1]), (40, [1, 1, 1, 1]), (79, [1, 1, 1, 1]),
 ])
@@ -74,7 +95,9 @@ def test_unknown_curriculum():
 
 
 def _inputs(seed=0, batch=2, length=9):
-    params = model.init(TINY, jax.random.key(seed))
+    """Params scaled so that the logits have a realistic spread (std ~3, up to ~10): near-zero logits make every
+    distribution almost uniform, and a KL in either direction almost the same."""
+    params = scaled(model.init(TINY, jax.random.key(seed)), 30.0)
     rng = np.random.default_rng(seed)
     tokens = jnp.asarray(rng.integers(0, TINY.vocab_size, (batch, length)))
     hidden = model.forward(TINY, params, tokens, collect_hidden=True).hidden
@@ -94,7 +117,7 @@ def _unchunked(params, hidden, targets, mask, selection, beta):
     per_layer = jnp.sum(nll * m, (1, 2)) / m.sum()
     per_kl = jnp.sum(kl * m, (1, 2)) / m.sum()
     acc = jnp.sum((logits.argmax(-1) == targets) * m, (1, 2)) / m.sum()
-    return jnp.sum(selection.weights * (per_layer + beta * per_kl)), per_layer, acc
+    return jnp.sum(selection.weights * (per_layer + beta * per_kl)), per_layer, acc, per_kl
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 18, 1024])
@@ -108,10 +131,12 @@ def test_chunked_loss_and_grads_equal_unchunked(chunk_size, beta):
                                   chunk_size=chunk_size).loss
 
     out = ee.early_exit_loss(TINY, params, hidden, targets, sel, loss_mask=mask, beta=beta, chunk_size=chunk_size)
-    want, want_layers, want_acc = _unchunked(params, hidden, targets, mask, sel, beta)
+    want, want_layers, want_acc, want_kl = _unchunked(params, hidden, targets, mask, sel, beta)
     np.testing.assert_allclose(out.loss, want, rtol=1e-5)
     np.testing.assert_allclose(out.layer_loss, want_layers, rtol=1e-5)
     np.testing.assert_allclose(out.layer_accuracy, want_acc, atol=1e-6)
+    if beta:
+        np.testing.assert_allclose(out.layer_kl, want_kl, rtol=1e-5, atol=1e-6)
     got_grads = jax.grad(chunked)(params)
     want_grads = jax.grad(lambda p: _unchunked(p, hidden, targets, mask, sel, beta)[0])(params)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
@@ -130,3 +155,19 @@ def test_last_layer_distils_nothing_from_itself():
     exit_top1 = model.unembed(TINY, params, hidden[1]).argmax(-1)  # slot 0 is layer 1
     want = jnp.mean(exit_top1 == model.unembed(TINY, params, hidden[-1]).argmax(-1))
     assert float(measured.layer_agreement[0]) == pytest.approx(float(want), abs=1e-6)
+
+
+def test_self_distillation_is_kl_from_the_last_layer_to_the_exit():
+    """KL(p_last || p_exit) per layer, and visibly not KL(p_exit || p_last) on these logits."""
+    params, hidden, targets, mask = _inputs(seed=2)
+    sel = ee.select_layers("none", TINY.num_layers, 0, 10, e_scale=1.0)
+    out = ee.early_exit_loss(TINY, params, hidden, targets, sel, loss_mask=mask, beta=1.0, chunk_size=7)
+    exit_log_probs = jax.nn.log_softmax(model.unembed(TINY, params, hidden[sel.layers]), -1)
+    last_log_probs = jax.nn.log_softmax(model.unembed(TINY, params, hidden[-1]), -1)
+    assert float(jnp.abs(model.unembed(TINY, params, hidden[-1])).max()) > 5.0
+    m = mask.astype(jnp.float32)
+    mean = lambda per_token: jnp.sum(per_token * m, (1, 2)) / m.sum()
+    forward = mean(jnp.sum(jnp.exp(last_log_probs) * (last_log_probs - exit_log_probs), -1))
+    reverse = mean(jnp.sum(jnp.exp(exit_log_probs) * (exit_log_probs - last_log_probs), -1))
+    np.testing.assert_allclose(out.layer_kl, forward, rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(forward - reverse)) > 0.2 * np.max(forward), (forward, reverse)  # the two directions differ

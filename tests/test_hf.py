@@ -5,6 +5,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from lsjax import hf, model
 from tests.conftest import HF_TINY_CONFIGS, HF_VOCAB
@@ -50,6 +51,19 @@ def test_export_round_trip(hf_checkpoints, name, tmp_path):
     assert np.abs(ours - _torch_logits(reloaded, tokens)).max() <= LOGIT_TOL
     config2, params2 = hf.load(tmp_path)
     assert config2 == config
+
+
+@pytest.mark.parametrize("name", list(HF_TINY_CONFIGS))
+def test_exported_file_holds_exactly_the_tensors_transformers_writes(hf_checkpoints, name, tmp_path):
+    """The same names, shapes and dtypes as transformers' own save: no lm_head.weight when tied."""
+    directory, _ = hf_checkpoints[name]
+    config, params = hf.load(directory)
+    hf.save(tmp_path, config, params)
+    layout = lambda file: {key: (tuple(t.shape), t.dtype) for key, t in load_file(file).items()}
+    ours, theirs = layout(tmp_path / hf.WEIGHTS_NAME), layout(directory / hf.WEIGHTS_NAME)
+    assert sorted(ours) == sorted(theirs)
+    assert ours == theirs
+    assert ("lm_head.weight" in ours) == (not config.tie_word_embeddings)
 
 
 def test_llama3_scaling_matters(hf_checkpoints):

@@ -32,6 +32,24 @@ def test_split_at_every_exit_layer_equals_full_forward(tiny_model):
         np.testing.assert_allclose(_range_logits(config, params, tokens, cut), full, atol=1e-5, rtol=0)
 
 
+def test_grouped_query_attention_equals_a_per_head_reference():
+    """Query head h reads KV head h // (H / KV), as transformers' repeat_kv lays them out; softmax per head."""
+    b, t, s, h, kv, hd = 2, 5, 7, 8, 2, 4
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=shape).astype(np.float32) for shape in ((b, t, h, hd), (b, s, kv, hd), (b, s, kv, hd)))
+    mask = rng.random((b, t, s)) > 0.4
+    mask[..., 0] = True  # every query sees at least one key
+    got = np.asarray(model.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask)))
+    for head in range(h):
+        group = head // (h // kv)
+        scores = np.einsum("btd,bsd->bts", q[:, :, head], k[:, :, group]) / np.sqrt(hd)
+        scores = np.where(mask, scores, -np.inf)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        np.testing.assert_allclose(got[:, :, head], np.einsum("bts,bsd->btd", probs, v[:, :, group]),
+                                   atol=1e-5, err_msg=f"head {head}")
+
+
 def test_hidden_states_are_the_layer_outputs(tiny_model):
     config, params = tiny_model
     tokens = _tokens(config)
