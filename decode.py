@@ -3,7 +3,8 @@
     python decode.py [--checkpoint DIR] [--prompt TEXT | --prompt-file F | --humaneval IDS]
                      [--strategy autoregressive|early_exit|self_speculative] [--exit-layer E]
                      [--num-speculations D] [--max-new-tokens N] [--batch-size B]
-                     [--temperature T --top-k K --top-p P --seed S] [--mesh D,F,T] [--show-drafts] [--json]
+                     [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16|float32|float16]
+                     [--mesh D,F,T] [--show-drafts] [--json]
 
 DIR is a Hugging Face Llama directory (config.json, safetensors, tokenizer.json) or an lsjax training
 workdir (its latest checkpoint); the default is the embedded model at models/embedded. Without --json the
@@ -20,6 +21,10 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+
+from lsjax import xla_cpu
+
+xla_cpu.configure()  # before JAX starts: simulated CPU devices must not deadlock in collectives
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "embedded"
 COLOURS = {1: "\033[32m", 2: "\033[0m"}  # accepted draft tokens green, the full model's tokens plain
@@ -49,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default=None,
+                        help="params and compute in this dtype (default: the checkpoint's)")
     parser.add_argument("--mesh", default=None,
                         help="data,fsdp,tensor device counts, -1 = the rest (default: all devices on data)")
     parser.add_argument("--show-drafts", action="store_true",
@@ -87,12 +94,23 @@ def mesh_from(text):
     return sharding.make_mesh(sharding.mesh_shape(data, fsdp, tensor))
 
 
-def load_model(checkpoint: Path):
+def load_model(checkpoint: Path, dtype=None):
+    """(config, params, tokenizer) of an HF directory or a training workdir; with dtype, params and compute
+    in that dtype (an HF checkpoint is cast tensor by tensor as it is read)."""
     from lsjax import hf, tokenizer, train
     if (checkpoint / "checkpoints").is_dir():
-        return train.load_workdir(checkpoint)
-    config, params = hf.load(checkpoint)
+        config, params, tok = train.load_workdir(checkpoint)
+        if dtype:
+            config = config.replace(param_dtype=dtype, dtype=dtype)
+            params = _cast(params, config.jnp_dtype)
+        return config, params, tok
+    config, params = hf.load(checkpoint, param_dtype=dtype, dtype=dtype)
     return config, params, tokenizer.load(checkpoint)
+
+
+def _cast(params, dtype):
+    import jax
+    return jax.tree.map(lambda p: p.astype(dtype), params)
 
 
 def options_from(args):
@@ -122,7 +140,7 @@ def main(argv=None) -> int:
     from lsjax.errors import InputError
     try:
         texts = read_prompts(args)
-        config, params, tok = load_model(args.checkpoint)
+        config, params, tok = load_model(args.checkpoint, args.dtype)
         options = options_from(args)
         mesh = mesh_from(args.mesh)
         decoder = generation.Decoder(config, params, tok, options, mesh=mesh)

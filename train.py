@@ -9,8 +9,12 @@ Hugging Face format (DIR/hf, or --config.export_dir). Run the same command again
 import re
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from lsjax import xla_cpu
+
+xla_cpu.configure()  # before JAX starts: simulated CPU devices must not deadlock in collectives
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "a config file from configs/", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and plots")

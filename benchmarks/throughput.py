@@ -27,7 +27,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decode  # noqa: E402
 from benchmarks.train_step import load_config, synthetic_batch  # noqa: E402
-from lsjax import decoding, generation, objective, prompts, sharding, train  # noqa: E402
+from lsjax import decoding, generation, model, objective, prompts, sharding, train  # noqa: E402
 from lsjax.train_config import model_config_from  # noqa: E402
 
 # Dense bf16 peak TFLOP/s and HBM GB/s per device, by jax's device_kind (a chip for TPUs).
@@ -65,7 +65,8 @@ def measure_training(cfg, mesh, steps: int):
     config = model_config_from(cfg)
     t = cfg.train
     optimizer = train.make_optimizer(t)
-    shardings = sharding.train_state_shardings(mesh, config, optimizer, train.abstract_state(config, optimizer))
+    shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer,
+                                               train.abstract_state(config, optimizer))
     state = train.init_state(config, optimizer, shardings, seed=0)
     rows = train.batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
     step = train.sharded_step(config, objective.Recipe.from_config(t), optimizer, t.grad_accum, shardings, rows)

@@ -8,9 +8,12 @@ def get_config():
     cfg.model = ml_collections.ConfigDict(dict(
         vocab_size=32000, hidden_size=512, intermediate_size=1376, num_layers=8, num_heads=8, num_kv_heads=8,
         head_dim=None, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-        max_position_embeddings=2048, param_dtype="float32", dtype="float32"))
+        max_position_embeddings=2048, param_dtype="float32", dtype="float32",
+        remat="none",  # none | full | dots | offload: what the backward pass recomputes (lsjax.config.REMAT)
+        attention="auto"))  # auto | xla | blockwise (lsjax.attention)
     cfg.init_from = ""  # a Hugging Face Llama directory for continual pretraining / fine-tuning
     cfg.export_dir = ""  # where the trained model is written in HF format (default: WORKDIR/hf)
+    cfg.export_dtype = ""  # the exported weights' dtype: float32, bfloat16 or float16 (default: model.param_dtype)
     # Devices as (data, fsdp, tensor); -1 = the rest. distributed: call jax.distributed.initialize() first
     # (multi-host TPU pods and GPU clusters; it finds the coordinator from the environment).
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, distributed=False))
@@ -42,7 +45,9 @@ def paper_recipe(*, p_max, e_scale, curriculum, rotation=1, from_scratch=False, 
     cfg = get_config()
     if model:
         cfg.model.update(model)
-    cfg.model.update(param_dtype="float32", dtype="bfloat16")
+    # full rematerialisation: the 7B shape at 4096 tokens then needs 21 GiB a device on 8 devices, 90 without
+    # (benchmarks/memory.py)
+    cfg.model.update(param_dtype="float32", dtype="bfloat16", remat="full")
     cfg.data.update(source="tfds", seq_len=4096)
     cfg.train.update(p_max=p_max, e_scale=e_scale, curriculum=curriculum, rotation=rotation,
                      layer_dropout_time_scale="exp" if from_scratch else "constant",

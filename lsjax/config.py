@@ -14,6 +14,11 @@ import jax.numpy as jnp
 from lsjax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# What the backward pass keeps of each layer (`model.REMAT_POLICIES`): everything, only the layer's input,
+# the input and the weight matmuls' outputs, or those matmuls' outputs moved to host memory.
+REMAT = ("none", "full", "dots", "offload")
+# How attention is computed (`lsjax.attention`): auto picks by size; all give the same values.
+ATTENTION = ("auto", "xla", "blockwise")
 
 
 class ConfigError(InputError):
@@ -35,7 +40,9 @@ class LlamaConfig:
     """Architecture of a Llama 2 / 3 / 3.2 decoder.
 
     `param_dtype` is the storage dtype of the weights, `dtype` the compute dtype of activations and matmuls;
-    attention softmax, norms and returned logits are always float32.
+    attention softmax, norms and returned logits are always float32. `remat` says how much of each layer
+    the backward pass recomputes instead of storing, `attention` which implementation computes attention
+    (both change memory and time, never the values).
     """
 
     vocab_size: int
@@ -55,6 +62,8 @@ class LlamaConfig:
     pad_token_id: Optional[int] = None
     param_dtype: str = "float32"
     dtype: str = "float32"
+    remat: str = "none"
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -77,6 +86,10 @@ class LlamaConfig:
         for key in ("param_dtype", "dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ConfigError(f"model.{key}={getattr(self, key)!r}: expected one of {sorted(DTYPES)}")
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"model.attention={self.attention!r}: expected one of {list(ATTENTION)}")
+        if self.remat not in REMAT:
+            raise ConfigError(f"model.remat={self.remat!r}: expected one of {list(REMAT)}")
         if self.rope_theta <= 0:
             raise ConfigError(f"model.rope_theta={self.rope_theta}: expected a positive number")
         if self.rms_norm_eps <= 0:

@@ -96,11 +96,11 @@ class ExitLoss(NamedTuple):
 
 
 def _chunk_stats(config, params, beta, agreement, x, teacher_x, targets, mask):
-    """Sums over one chunk of tokens: x [K, c, D], teacher_x [c, D], targets/mask [c] -> [4, K] sums of
-    cross-entropy, correct top-1, KL(last || exit) and top-1 agreement with the last layer."""
-    logits = jax.vmap(functools.partial(model.unembed, config, params))(x)  # [K, c, V] float32
+    """Sums over one chunk of positions: x [K, B, c, D], teacher_x [B, c, D], targets/mask [B, c] -> [4, K]
+    sums of cross-entropy, correct top-1, KL(last || exit) and top-1 agreement with the last layer."""
+    logits = jax.vmap(functools.partial(model.unembed, config, params))(x)  # [K, B, c, V] float32
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[None, :, None], axis=-1)[..., 0]
+    nll = -jnp.take_along_axis(log_probs, targets[None, ..., None], axis=-1)[..., 0]
     top1 = jnp.argmax(logits, axis=-1)
     correct = (top1 == targets[None]).astype(jnp.float32)
     kl = agree = jnp.zeros_like(nll)
@@ -110,7 +110,7 @@ def _chunk_stats(config, params, beta, agreement, x, teacher_x, targets, mask):
             kl = jnp.sum(jnp.exp(teacher)[None] * (teacher[None] - log_probs), axis=-1)
         if agreement:
             agree = (top1 == jnp.argmax(teacher, axis=-1)[None]).astype(jnp.float32)
-    return jnp.stack([jnp.sum(v * mask, -1) for v in (nll, correct, kl, agree)])
+    return jnp.stack([jnp.sum(v * mask, axis=(-2, -1)) for v in (nll, correct, kl, agree)])
 
 
 def early_exit_loss(config: LlamaConfig, params, layer_outputs, targets, selection: Selection, *, loss_mask=None,
@@ -118,27 +118,26 @@ def early_exit_loss(config: LlamaConfig, params, layer_outputs, targets, selecti
     """The weighted early-exit loss over the selected layers.
 
     layer_outputs: [L, B, T, D], the residual stream after each layer (`run_layers(collect_hidden=True)`).
-    targets, loss_mask: [B, T] next-token ids and 1/0 weights. chunk_size: tokens per cross-entropy chunk;
-    each chunk's logits are recomputed in the backward pass instead of stored.
+    targets, loss_mask: [B, T] next-token ids and 1/0 weights. chunk_size: tokens per cross-entropy chunk,
+    taken as chunk_size // B consecutive positions of every row, so that rows stay on the devices that hold
+    them; each chunk's logits are recomputed in the backward pass instead of stored.
     beta: weight of the self-distillation term KL(stop_gradient(p_last) || p_exit) (SPEC 1.4); 0 = the paper.
     measure_agreement: also report top-1 agreement with the last layer (the self-speculative acceptance rate).
     """
     num_layers, b, t, _ = layer_outputs.shape
-    n = b * t
     mask = jnp.ones((b, t), jnp.float32) if loss_mask is None else loss_mask.astype(jnp.float32)
-    chunk = min(chunk_size, n)
-    num_chunks = -(-n // chunk)
+    chunk = max(1, min(t, chunk_size // b))
+    num_chunks = -(-t // chunk)
 
-    def chunked(a, token_axis):  # [..., B, T, ...] -> [num_chunks, ..., chunk, ...], zero-padded
-        a = a.reshape(a.shape[:token_axis] + (n,) + a.shape[token_axis + 2:])
+    def chunked(a, seq_axis):  # [..., T, ...] -> [num_chunks, ..., chunk, ...], zero-padded along the sequence
         widths = [(0, 0)] * a.ndim
-        widths[token_axis] = (0, num_chunks * chunk - n)
+        widths[seq_axis] = (0, num_chunks * chunk - t)
         a = jnp.pad(a, widths)
-        a = a.reshape(a.shape[:token_axis] + (num_chunks, chunk) + a.shape[token_axis + 1:])
-        return jnp.moveaxis(a, token_axis, 0)
+        a = a.reshape(a.shape[:seq_axis] + (num_chunks, chunk) + a.shape[seq_axis + 1:])
+        return jnp.moveaxis(a, seq_axis, 0)
 
-    xs = (chunked(layer_outputs[selection.layers], 1), chunked(layer_outputs[num_layers - 1], 0),
-          chunked(targets, 0), chunked(mask, 0))
+    xs = (chunked(layer_outputs[selection.layers], 2), chunked(layer_outputs[num_layers - 1], 1),
+          chunked(targets, 1), chunked(mask, 1))
     body = jax.checkpoint(functools.partial(_chunk_stats, config, params, beta, measure_agreement))
     sums = jnp.sum(lax.map(lambda args: body(*args), xs), axis=0)  # [4, K]
     layer_loss, layer_accuracy, layer_kl, layer_agreement = sums / jnp.maximum(jnp.sum(mask), 1.0)

@@ -112,11 +112,11 @@ def extend(config: LlamaConfig, params, cache: KVCache, tokens, depth: Optional[
 
 def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths, padding: str = "right",
             depth: Optional[int] = None) -> Tuple[jax.Array, KVCache]:
-    """Writes a padded prompt batch [B, T] into an empty cache; returns logits [B, T, V] and the cache.
+    """Writes a padded prompt batch [B, T] into an empty cache; returns the next-token logits [B, V] (at each
+    row's last prompt token, the only position unembedded) and the cache.
 
     prompt_lengths [B]: real tokens per row. padding='right': row b's prompt is tokens[b, :n_b];
-    'left': tokens[b, T - n_b:]. The logits at padding slots are meaningless. Use `last_token_logits`
-    to pick each row's next-token distribution. depth: as in `extend`.
+    'left': tokens[b, T - n_b:]. depth: as in `extend`.
     """
     if padding not in ("left", "right"):
         raise ValueError(f"padding={padding!r}: expected 'left' or 'right'")
@@ -127,17 +127,11 @@ def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths,
     zeros = jnp.zeros((b,), jnp.int32)
     if padding == "right":
         cache = cache.replace(start=zeros, length=zeros)
-        new_length = prompt_lengths
+        new_length, last = prompt_lengths, prompt_lengths - 1
     else:
         cache = cache.replace(start=t - prompt_lengths, length=zeros)
-        new_length = jnp.full((b,), t, jnp.int32)
+        new_length, last = jnp.full((b,), t, jnp.int32), jnp.full((b,), t - 1, jnp.int32)
     depth = config.num_layers if depth is None else depth
     out, cache = run_cached_layers(config, params, cache, model.embed(config, params, tokens), 0, depth)
-    return model.unembed(config, params, out.x), cache.replace(length=new_length)
-
-
-def last_token_logits(prefill_logits, prompt_lengths, padding: str = "right") -> jax.Array:
-    """[B, V]: the logits at each row's last real prompt token (the next-token distribution)."""
-    t = prefill_logits.shape[1]
-    index = jnp.asarray(prompt_lengths) - 1 if padding == "right" else jnp.full(prefill_logits.shape[:1], t - 1)
-    return jnp.take_along_axis(prefill_logits, index[:, None, None], axis=1)[:, 0]
+    x_last = jnp.take_along_axis(out.x, last[:, None, None], axis=1)[:, 0]
+    return model.unembed(config, params, x_last), cache.replace(length=new_length)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lsjax import attention, sharding
 from lsjax.config import LlamaConfig
 
 Params = Any
@@ -76,21 +77,6 @@ def apply_rope(x, positions, inv_freq):
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
-
-
-def dot_product_attention(q, k, v, mask):
-    """Grouped-query attention. q [B,T,H,hd]; k, v [B,S,KV,hd]; mask [B,T,S] (True = may attend).
-
-    Scores and softmax are float32; a query with no visible key gets a uniform (finite) distribution.
-    """
-    b, t, h, hd = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (hd ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
 
 
 Attend = Callable[[jax.Array, jax.Array, jax.Array], Tuple[jax.Array, Any]]
@@ -177,7 +163,7 @@ def _layer_init_args(config: LlamaConfig):
 
 
 def _self_attend_without_mask(q, k, v):
-    return dot_product_attention(q, k, v, jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)), None
+    return attention.reference(q, k, v, jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)), None
 
 
 def _boxed_init(config: LlamaConfig, key):
@@ -207,8 +193,9 @@ def param_logical_axes(config: LlamaConfig) -> Params:
 
 
 def embed(config: LlamaConfig, params: Params, tokens) -> jax.Array:
-    """Token ids [B, T] -> residual stream x_0 [B, T, D] in the compute dtype."""
-    return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.jnp_dtype)
+    """Token ids [B, T] -> residual stream x_0 [B, T, D] in the compute dtype, rows over the batch axes."""
+    x = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.jnp_dtype)
+    return sharding.constrain(x, sharding.ACTIVATION_AXES)
 
 
 def unembed(config: LlamaConfig, params: Params, x) -> jax.Array:
@@ -256,36 +243,50 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
 
     def body(carry, inputs):
         x, buffers = carry
+        x = sharding.constrain(x, sharding.ACTIVATION_AXES)
         keep_row, index = inputs
         # Index the whole stack rather than scanning over a slice of it: a slice [start, stop) that is not
         # the whole stack would be a copy of those layers' weights (a draft or verify pass would pay for it).
         p = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, index, keepdims=False), params["layers"])
         if buffers is None:
-            attend = lambda q, k, v: (dot_product_attention(q, k, v, mask), None)
+            attend = lambda q, k, v: (attention.attend(config.attention, q, k, v, mask), None)
         else:
-            attend = functools.partial(_attend_with_cache, buffers=buffers, index=index,
+            attend = functools.partial(_attend_with_cache, kind=config.attention, buffers=buffers, index=index,
                                        write_index=write_index, mask=mask)
         y, buffers = layer.apply({"params": p}, x, positions, attend)
         if keep_row is not None:
             y = jnp.where(keep_row[:, None, None], y, x)
+        y = sharding.constrain(y, sharding.ACTIVATION_AXES)
         return (y, buffers), (y if collect_hidden else None)
 
+    if config.remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat](), prevent_cse=False)
     (x, cache), hidden = lax.scan(body, (x, cache), (keep, jnp.arange(start, stop)))
     return LayersOutput(x, cache, hidden)
 
 
-def _write_rows(buffer, new, write_index):
-    """buffer [B, S, ...] <- new [B, T, ...] at per-row slots [write_index[b], write_index[b] + T)."""
-    return jax.vmap(lambda b, n, i: lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(
-        buffer, new.astype(buffer.dtype), write_index)
+# config.remat -> what a layer's backward pass may keep from its forward pass (the scan carry, the layer's
+# input, is always kept). Made on use: the offload policy names memory kinds.
+REMAT_POLICIES = {
+    "full": lambda: jax.checkpoint_policies.nothing_saveable,
+    "dots": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # the weight matmuls' outputs
+    "offload": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
 
 
-def _attend_with_cache(q, k, v, *, buffers, index, write_index, mask):
-    k_all, v_all = buffers
-    k_layer = _write_rows(k_all[index], k, write_index)
-    v_layer = _write_rows(v_all[index], v, write_index)
-    out = dot_product_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask)
-    return out, (k_all.at[index].set(k_layer), v_all.at[index].set(v_layer))
+def _write_layer_rows(buffer, new, layer, write_index):
+    """buffer [L, B, S, ...] <- new [B, T, ...] in layer `layer`, row b's slots [write_index[b], + T): a
+    scatter of the new tokens only, in place (the rest of the cache is neither read nor copied)."""
+    b, t = new.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = write_index[:, None] + jnp.arange(t)[None, :]
+    return buffer.at[layer, rows, slots].set(new.astype(buffer.dtype), mode="promise_in_bounds")
+
+
+def _attend_with_cache(q, k, v, *, kind, buffers, index, write_index, mask):
+    k_all, v_all = (_write_layer_rows(b, new, index, write_index) for b, new in zip(buffers, (k, v)))
+    out = attention.attend(kind, q, k_all[index].astype(q.dtype), v_all[index].astype(q.dtype), mask)
+    return out, (k_all, v_all)
 
 
 def forward(config: LlamaConfig, params: Params, tokens, *, positions=None, segment_ids=None,

@@ -38,6 +38,17 @@ class Recipe(NamedTuple):
                    int(train_cfg.loss_chunk_size))
 
 
+# Held-out evaluation unembeds this many exits at a time (with every exit's logits of a chunk at once, a
+# 16-layer model on a 128k vocabulary would hold 16 x chunk x 128k floats).
+EVAL_EXIT_GROUP = 4
+
+
+def in_compute_dtype(config: LlamaConfig, params):
+    """The params cast to the compute dtype. Every use casts them anyway; doing it first makes FSDP's
+    all-gathers move bfloat16 rather than float32 (gradients still reach the float32 params)."""
+    return jax.tree.map(lambda p: p.astype(config.jnp_dtype), params)
+
+
 def _forward_layers(config: LlamaConfig, params, batch, residual_mask=None):
     return model.forward(config, params, batch["inputs"], positions=batch["positions"],
                          segment_ids=batch["segment_ids"], residual_mask=residual_mask, collect_hidden=True).hidden
@@ -49,6 +60,7 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
     batch: dict of [B, T] arrays `inputs`, `targets`, `positions`, `segment_ids`, `loss_mask`, and [B]
     `sample_index` (global indices, so layer-dropout draws do not depend on the device layout).
     """
+    params = in_compute_dtype(config, params)
     keep = None
     if recipe.p_max > 0:
         rates = layer_dropout.drop_rates(recipe.p_max, config.num_layers, step, recipe.total_steps,
@@ -64,11 +76,18 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
 
 
 def evaluate_exits(config: LlamaConfig, params, batch, chunk_size: int = 1024):
-    """Per-layer held-out statistics of every exit (no dropout): sums of loss, correct, agreement; and count."""
+    """Per-layer held-out statistics of every exit (no dropout): sums of loss, correct, agreement; and count.
+
+    The exits are unembedded EVAL_EXIT_GROUP at a time, each group in chunks of tokens."""
+    params = in_compute_dtype(config, params)
     hidden = _forward_layers(config, params, batch)
-    every_layer = early_exit.Selection(jnp.arange(config.num_layers, dtype=jnp.int32),
-                                       jnp.zeros((config.num_layers,), jnp.float32))
-    out = early_exit.early_exit_loss(config, params, hidden, batch["targets"], every_layer,
-                                     loss_mask=batch["loss_mask"], chunk_size=chunk_size, measure_agreement=True)
+    groups = []
+    for first in range(0, config.num_layers, EVAL_EXIT_GROUP):
+        layers = jnp.arange(first, min(first + EVAL_EXIT_GROUP, config.num_layers), dtype=jnp.int32)
+        groups.append(early_exit.early_exit_loss(
+            config, params, hidden, batch["targets"], early_exit.Selection(layers, jnp.zeros(layers.shape)),
+            loss_mask=batch["loss_mask"], chunk_size=chunk_size, measure_agreement=True))
     count = jnp.sum(batch["loss_mask"])
-    return jax.tree.map(lambda x: x * count, (out.layer_loss, out.layer_accuracy, out.layer_agreement)), count
+    stats = [jnp.concatenate([getattr(g, name) for g in groups]) * count
+             for name in ("layer_loss", "layer_accuracy", "layer_agreement")]
+    return tuple(stats), count

@@ -6,7 +6,10 @@ means changing this table, never the model. A dimension that a mesh axis does no
 8 tensor devices) stays whole rather than failing: the table says where to split when splitting is possible.
 
     mesh = sharding.make_mesh(sharding.mesh_shape(2, 4, 1))       # data 2 x fsdp 4 over 8 devices
-    param_shardings = sharding.param_shardings(mesh, config, abstract_params)
+    param_shardings = sharding.param_shardings(mesh, model.param_logical_axes(config), abstract_params)
+
+A leaf module: the logical axes of params come from their callers (the model), so the model can in turn pin
+its activations with `constrain`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ import jax
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from lsjax import model
-from lsjax.config import ConfigError, LlamaConfig
+from lsjax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -50,15 +52,21 @@ def to_mesh_spec(logical: PartitionSpec, rules: Sequence = LOGICAL_RULES) -> Par
     return nn.logical_to_mesh_axes(tuple(logical), rules)
 
 
-def param_specs(config: LlamaConfig, rules: Sequence = LOGICAL_RULES):
-    """Mesh PartitionSpecs for every param, in the params' tree structure."""
-    return jax.tree.map(lambda spec: to_mesh_spec(spec, rules), model.param_logical_axes(config),
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+def _is_spec(x) -> bool:
+    return isinstance(x, PartitionSpec)
+
+
+def param_specs(logical_axes, rules: Sequence = LOGICAL_RULES):
+    """Mesh PartitionSpecs for a tree of logical ones (`model.param_logical_axes`), in the same structure."""
+    return jax.tree.map(lambda spec: to_mesh_spec(spec, rules), logical_axes, is_leaf=_is_spec)
 
 
 # The KV cache [L, B, S, KV, hd] and token batches [B, ...]: rows over the batch axes, KV heads over tensor.
 CACHE_AXES = PartitionSpec("layers", "batch", "seq", "kv_heads", "head_dim")
 BATCH_AXES = PartitionSpec("batch")
+# The residual stream [B, T, D]: rows over the batch axes and nothing else. Left unpinned, XLA lets it follow
+# the weights' FSDP split of 'embed', and every device then computes on the whole batch.
+ACTIVATION_AXES = PartitionSpec("batch", "seq", None)
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: Optional[int] = None) -> Tuple[int, int, int]:
@@ -102,16 +110,16 @@ def logical_sharding(mesh: Mesh, logical: PartitionSpec, shape: Sequence[int]) -
     return NamedSharding(mesh, fitted_spec(mesh, to_mesh_spec(logical), shape))
 
 
-def param_shardings(mesh: Mesh, config: LlamaConfig, params):
-    """NamedShardings for params (or their abstract shapes), by the rules table."""
-    return jax.tree.map(lambda spec, p: logical_sharding(mesh, spec, p.shape), model.param_logical_axes(config),
-                        params, is_leaf=lambda x: isinstance(x, PartitionSpec))
+def param_shardings(mesh: Mesh, logical_axes, params):
+    """NamedShardings for params (or their abstract shapes) with these logical axes, by the rules table."""
+    return jax.tree.map(lambda spec, p: logical_sharding(mesh, spec, p.shape), logical_axes, params,
+                        is_leaf=_is_spec)
 
 
-def train_state_shardings(mesh: Mesh, config: LlamaConfig, optimizer: optax.GradientTransformation, state):
-    """Shardings for {"step", "params", "opt_state"}: optimizer moments follow their params (optax maps
-    the params-shaped parts of its state), everything else is replicated."""
-    params = param_shardings(mesh, config, state["params"])
+def train_state_shardings(mesh: Mesh, logical_axes, optimizer: optax.GradientTransformation, state):
+    """Shardings for {"step", "params", "opt_state"}: params by their logical axes, optimizer moments follow
+    their params (optax maps the params-shaped parts of its state), everything else is replicated."""
+    params = param_shardings(mesh, logical_axes, state["params"])
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = optax.tree_map_params(optimizer, lambda _, sharding: sharding, state["opt_state"], params,
                                       transform_non_params=lambda _: replicated)

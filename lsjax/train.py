@@ -57,9 +57,13 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
 # --- the step ---------------------------------------------------------------------------------------------
 
 def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state, batch):
-    """One optimiser update over a global batch split into `grad_accum` micro-batches (summed in a scan)."""
+    """One optimiser update over a global batch split into `grad_accum` micro-batches (summed in a scan).
+
+    Micro-batch i holds rows i, i + grad_accum, i + 2 grad_accum, ...: every device keeps working on its own
+    rows in every micro-batch (contiguous blocks would each live on a few devices)."""
     step = state["step"]
-    micro = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:]),
+                                                0, 1), batch)
     grad_fn = jax.value_and_grad(functools.partial(objective.layerskip_loss, config, recipe), has_aux=True)
 
     def accumulate(grads, micro_batch):
@@ -83,11 +87,28 @@ def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_ac
 
 def sharded_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state_shardings,
                  batch_shardings):
-    """`train_step` jitted over the mesh with explicit in/out shardings; the state is donated (updated in place)."""
+    """`train_step` jitted over the mesh with explicit in/out shardings; the state is donated (updated in place).
+    It is traced under the mesh, so that the model's activation constraints apply."""
     mesh = state_shardings["step"].mesh
-    return jax.jit(functools.partial(train_step, config, recipe, optimizer, grad_accum),
-                   in_shardings=(state_shardings, batch_shardings),
+
+    def step(state, batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return train_step(config, recipe, optimizer, grad_accum, state, batch)
+
+    return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
+
+
+def sharded_eval(config: LlamaConfig, chunk_size: int, param_shardings, batch_shardings):
+    """`objective.evaluate_exits` jitted over the mesh (traced under it, like `sharded_step`)."""
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+
+    def evaluate_batch(params, batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return objective.evaluate_exits(config, params, batch, chunk_size=chunk_size)
+
+    return jax.jit(evaluate_batch, in_shardings=(param_shardings, {key: batch_shardings[key] for key in data.FIELDS}),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def batch_shardings(mesh, batch_size: int, seq_len: int) -> Dict[str, NamedSharding]:
@@ -129,7 +150,8 @@ def _tokenizer(cfg, workdir: Path):
 
 def _model_config(cfg, tok) -> LlamaConfig:
     if cfg.init_from:
-        return hf.load_config(cfg.init_from, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype)
+        return hf.load_config(cfg.init_from, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype).replace(
+            remat=cfg.model.remat)
     config = model_config_from(cfg)
     if tok.vocab_size > config.vocab_size:
         raise ConfigError(f"model.vocab_size={config.vocab_size}: the tokenizer has {tok.vocab_size} tokens")
@@ -232,7 +254,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
         options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
                                              enable_async_checkpointing=True))
     abstract = abstract_state(config, optimizer)
-    shardings = sharding.train_state_shardings(mesh, config, optimizer, abstract)
+    shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer, abstract)
     latest = manager.latest_step()
     if latest is None:
         state = _initial_state(cfg, config, optimizer, shardings)
@@ -245,9 +267,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
 
     rows = batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
     step_fn = sharded_step(config, recipe, optimizer, t.grad_accum, shardings, rows)
-    eval_fn = jax.jit(functools.partial(objective.evaluate_exits, config, chunk_size=t.loss_chunk_size),
-                      in_shardings=(shardings["params"], {key: rows[key] for key in data.FIELDS}),
-                      out_shardings=NamedSharding(mesh, PartitionSpec()))
+    eval_fn = sharded_eval(config, t.loss_chunk_size, shardings["params"], rows)
     global_batch = lambda batch: {key: jax.make_array_from_process_local_data(rows[key], value)
                                   for key, value in batch.items()}
     eval_batches = lambda: map(global_batch, data.eval_batches(
@@ -295,7 +315,9 @@ def run(cfg, workdir) -> Dict[str, Any]:
     export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
     params = multihost_utils.process_allgather(state["params"], tiled=True)  # host arrays on every process
     if jax.process_index() == 0:
-        hf.save(export_dir, config, params, tokenizer=tok)
+        exported = config.replace(param_dtype=cfg.export_dtype or config.param_dtype)
+        hf.save(export_dir, exported, jax.tree.map(lambda p: np.asarray(p, exported.jnp_param_dtype), params),
+                tokenizer=tok)
     return {"step": step, "eval": last_eval, "export_dir": str(export_dir)}
 
 

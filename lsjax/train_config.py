@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from lsjax import data, early_exit, layer_dropout
-from lsjax.config import ConfigError, LlamaConfig, RopeScaling
+from lsjax.config import DTYPES, ConfigError, LlamaConfig, RopeScaling
 
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:
@@ -58,6 +58,8 @@ def validate_train_config(cfg) -> None:
                "a positive integer, or -1 for the rest of the devices")
     _check(isinstance(d.seq_len, int) and d.seq_len >= 1, "data.seq_len", d.seq_len, "a positive integer")
     _check(d.source in data.SOURCES, "data.source", d.source, f"one of {list(data.SOURCES)}")
+    _check(cfg.export_dtype in ("",) + tuple(DTYPES), "export_dtype", cfg.export_dtype,
+           f"one of {list(DTYPES)} (or empty: model.param_dtype)")
     if not cfg.init_from:
         config = model_config_from(cfg)
         _check(d.seq_len <= config.max_position_embeddings, "data.seq_len", d.seq_len,

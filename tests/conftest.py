@@ -1,15 +1,13 @@
 """Shared fixtures: tiny lsjax configs and tiny Hugging Face Llama checkpoints made locally by transformers.
 
-The suite runs with 8 host CPU devices (set before JAX starts, inherited by the commands tests spawn) so that
-sharded training and decoding are tested on real meshes. XLA's concurrency-optimised CPU scheduler can let
-simulated devices enter the collectives of one step in different orders and deadlock (seen on a (2, 4, 1)
-train step); the plain scheduler keeps them in program order.
+The suite runs with 8 host CPU devices (set before JAX starts, with the scheduler setting that keeps their
+collectives from deadlocking; see lsjax/xla_cpu.py), inherited by the commands tests spawn, so that sharded
+training and decoding are tested on real meshes.
 """
 
-import os
+from lsjax import xla_cpu
 
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
-                                    "--xla_cpu_enable_concurrency_optimized_scheduler=false"]).strip()
+xla_cpu.configure(num_devices=8)
 
 import hypothesis  # noqa: E402
 import jax  # noqa: E402

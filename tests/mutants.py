@@ -114,10 +114,23 @@ MUTANTS: Dict[str, Mutant] = {
         "tests/test_early_exit.py"),
     "gqa-interleaved": Mutant(
         "grouped-query attention gives query head h the KV head h mod KV (instead of h // (H / KV))",
-        "lsjax/model.py",
-        "    q = q.reshape(b, t, kv, h // kv, hd)\n",
-        "    q = q.reshape(b, t, h // kv, kv, hd).swapaxes(2, 3)\n",
+        "lsjax/attention.py",
+        "    return q.reshape(b, t, kv_heads, h // kv_heads, hd)\n",
+        "    return q.reshape(b, t, h // kv_heads, kv_heads, hd).swapaxes(2, 3)\n",
         "tests/test_model.py"),
+    "activations-follow-weights": Mutant(
+        "activation constraints never apply (as when a step is not traced under its mesh): the residual "
+        "stream follows FSDP's split of the weights",
+        "lsjax/sharding.py",
+        "    if mesh.empty or set(MESH_AXES) - set(mesh.axis_names):\n        return x",
+        "    if True:\n        return x",
+        "tests/test_memory.py"),
+    "remat-ignored": Mutant(
+        "the remat policy is never applied to the layer scan",
+        "lsjax/model.py",
+        '    if config.remat != "none":\n        body = jax.checkpoint(',
+        '    if config.remat == "never":\n        body = jax.checkpoint(',
+        "tests/test_memory.py"),
     "tied-exports-head": Mutant(
         "a tied model exports lm_head.weight beside the embedding",
         "lsjax/hf.py",

@@ -40,6 +40,15 @@ def test_decodes_a_prompt_as_json(checkpoint, capsys, strategy):
     assert ("speedup" in result) == (strategy != "autoregressive")
 
 
+def test_dtype_flag_casts_the_params_once_on_load(checkpoint, capsys):
+    config, params, _ = decode.load_model(checkpoint, "bfloat16")
+    assert config.param_dtype == config.dtype == "bfloat16"
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "def f(x):", "--max-new-tokens", "4",
+                        "--dtype", "bfloat16", "--exit-layer", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["new_tokens"] == 4
+
+
 def test_streams_the_same_text_it_reports(checkpoint, capsys):
     assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "x = ", "--max-new-tokens", "12",
                         "--exit-layer", "2"]) == 0

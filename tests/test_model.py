@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from lsjax import model, sharding
+from lsjax import attention, model, sharding
 from lsjax.config import ConfigError, LlamaConfig
 from tests.conftest import TINY
 
@@ -32,14 +32,20 @@ def test_split_at_every_exit_layer_equals_full_forward(tiny_model):
         np.testing.assert_allclose(_range_logits(config, params, tokens, cut), full, atol=1e-5, rtol=0)
 
 
-def test_grouped_query_attention_equals_a_per_head_reference():
-    """Query head h reads KV head h // (H / KV), as transformers' repeat_kv lays them out; softmax per head."""
-    b, t, s, h, kv, hd = 2, 5, 7, 8, 2, 4
-    rng = np.random.default_rng(0)
+def _attention_inputs(b=2, t=5, s=7, h=8, kv=2, hd=4, seed=0):
+    rng = np.random.default_rng(seed)
     q, k, v = (rng.normal(size=shape).astype(np.float32) for shape in ((b, t, h, hd), (b, s, kv, hd), (b, s, kv, hd)))
     mask = rng.random((b, t, s)) > 0.4
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("kind", ["xla", "blockwise"])
+def test_grouped_query_attention_equals_a_per_head_reference(kind):
+    """Query head h reads KV head h // (H / KV), as transformers' repeat_kv lays them out; softmax per head."""
+    q, k, v, mask = _attention_inputs()
     mask[..., 0] = True  # every query sees at least one key
-    got = np.asarray(model.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask)))
+    h, kv, hd = q.shape[2], k.shape[2], q.shape[3]
+    got = np.asarray(attention.attend(kind, *map(jnp.asarray, (q, k, v, mask))))
     for head in range(h):
         group = head // (h // kv)
         scores = np.einsum("btd,bsd->bts", q[:, :, head], k[:, :, group]) / np.sqrt(hd)
@@ -48,6 +54,21 @@ def test_grouped_query_attention_equals_a_per_head_reference():
         probs /= probs.sum(-1, keepdims=True)
         np.testing.assert_allclose(got[:, :, head], np.einsum("bts,bsd->btd", probs, v[:, :, group]),
                                    atol=1e-5, err_msg=f"head {head}")
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64])
+def test_blockwise_attention_and_its_gradients_equal_the_reference(block):
+    """Blocks that do and do not divide the keys, and queries that see no key at all (padding rows)."""
+    q, k, v, mask = map(jnp.asarray, _attention_inputs(t=6, s=11, seed=block))
+    mask = mask.at[0, 2].set(False)  # row 0, query 2 sees nothing: uniform over the real keys in both
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+    loss = lambda f: lambda *a: jnp.sum(f(*a, mask) * cotangent)
+    blockwise = lambda q, k, v, m: attention.blockwise(q, k, v, m, block=block)
+    np.testing.assert_allclose(blockwise(q, k, v, mask), attention.reference(q, k, v, mask), rtol=1e-5, atol=1e-6)
+    got = jax.grad(loss(blockwise), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(attention.reference), argnums=(0, 1, 2))(q, k, v)
+    for g, w, name in zip(got, want, "qkv"):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_hidden_states_are_the_layer_outputs(tiny_model):
@@ -105,6 +126,32 @@ def test_packed_segments_equal_separate_documents(tiny_model):
     np.testing.assert_allclose(out[:, 5:], model.logits(config, params, doc_b), atol=1e-5)
 
 
+@pytest.mark.parametrize("changes", [dict(attention="blockwise"), dict(remat="full"), dict(remat="dots"),
+                                     dict(remat="full", attention="blockwise")])
+def test_remat_and_attention_implementations_give_the_reference_loss_and_gradients(changes, monkeypatch):
+    """Packed documents (segment ids, per-document positions), grouped-query heads, layer dropout: the same
+    float32 loss and gradients as the plain einsum attention without rematerialisation."""
+    monkeypatch.setattr(attention, "BLOCK", 5)  # several key blocks, the last one partly padding
+    jax.clear_caches()
+    config = TINY.replace(attention="xla")
+    params = model.init(config, jax.random.key(3))
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, 12)))
+    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12])
+    positions = jnp.asarray([list(range(5)) + list(range(7)), list(range(12))])
+    keep = jnp.asarray([[1, 0, 1, 1], [1, 1, 1, 0]], bool)
+
+    def loss(p, cfg):
+        logits = model.logits(cfg, p, tokens, positions=positions, segment_ids=segments, residual_mask=keep)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits)[:, :-1], tokens[:, 1:, None], -1))
+
+    want, want_grads = jax.value_and_grad(loss)(params, config)
+    got, got_grads = jax.value_and_grad(loss)(params, config.replace(**changes))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
 def test_bfloat16_compute_is_close_to_float32(tiny_model):
     config, params = tiny_model
     tokens = _tokens(config)
@@ -125,7 +172,7 @@ def test_every_param_has_logical_axes_with_rules(tiny_model):
     for spec, leaf in zip(jax.tree.leaves(axes, is_leaf=is_spec), jax.tree.leaves(params)):
         assert len(spec) == leaf.ndim
         assert all(name in sharding.LOGICAL_NAMES for name in spec)
-    mesh_specs = sharding.param_specs(config)
+    mesh_specs = sharding.param_specs(model.param_logical_axes(config))
     assert mesh_specs["layers"]["attn"]["q"] == PartitionSpec(None, "fsdp", "tensor", None)
     assert mesh_specs["embed"]["embedding"] == PartitionSpec("tensor", "fsdp")
 

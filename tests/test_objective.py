@@ -88,9 +88,9 @@ def test_train_step_equals_the_reference_with_global_sample_indices(r, step, gra
     new_state, metrics = jax.jit(functools.partial(sgd_step, r, grad_accum))(state, rows)
     got_grads = jax.tree.map(lambda before, after: before - after, p, jax.device_get(new_state["params"]))
 
-    # micro-batches are contiguous blocks of rows; each keeps its rows' global indices
-    blocks = [jax.tree.map(lambda a: a[i * BATCH // grad_accum:(i + 1) * BATCH // grad_accum], rows)
-              for i in range(grad_accum)]
+    # micro-batch i holds rows i, i + grad_accum, ... (so that every device keeps its own rows); each keeps
+    # its rows' global indices
+    blocks = [jax.tree.map(lambda a: a[i::grad_accum], rows) for i in range(grad_accum)]
     want = lambda q: sum(reference_loss(r, q, block, step) for block in blocks) / grad_accum
     want_loss, want_grads = jax.value_and_grad(want)(p)
     np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)

@@ -40,7 +40,8 @@ def one_step(shape):
     """(state before, state after, metrics, compiled step) of one LayerSkip step on a mesh of this shape."""
     mesh = sharding.make_mesh(shape)
     opt = optimizer()
-    shardings = sharding.train_state_shardings(mesh, CONFIG, opt, train.abstract_state(CONFIG, opt))
+    shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(CONFIG), opt,
+                                                train.abstract_state(CONFIG, opt))
     params = jax.device_get(model.init(CONFIG, jax.random.key(1)))
     state = train.init_state(CONFIG, opt, shardings, params)
     rows = train.batch_shardings(mesh, BATCH, SEQ)

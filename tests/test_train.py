@@ -97,6 +97,17 @@ def test_continual_pretraining_starts_from_the_hf_checkpoint(tiny_run, tmp_path,
         Path(first["export_dir"]) / "tokenizer.json").read_text()
 
 
+def test_export_dtype_writes_bfloat16_weights(tmp_path, data_dir):
+    from lsjax import train
+    cfg = tiny_config(steps=1, eval_every=1)
+    cfg.data.data_dir = data_dir
+    cfg.export_dtype = "bfloat16"
+    result = train.run(cfg, tmp_path)
+    weights = load_file(Path(result["export_dir"]) / hf.WEIGHTS_NAME)
+    assert {t.dtype.name for t in weights.values()} == {"bfloat16"}
+    assert hf.load_config(result["export_dir"]).param_dtype == "bfloat16"
+
+
 def test_sigkilled_run_resumes_to_identical_params(tmp_path, data_dir):
     flags = ("--config.train.steps=16", "--config.train.checkpoint_every=4", "--config.train.eval_every=8")
     straight = _run(tmp_path / "straight", data_dir, *flags)
@@ -177,6 +188,8 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path, data_dir):
     ("train.batch_size", 0, "train.batch_size=0"),
     ("data.seq_len", -4, "data.seq_len=-4"),
     ("mesh.tensor", 0, "mesh.tensor=0"),
+    ("model.remat", "sometimes", "model.remat='sometimes'"),
+    ("model.attention", "flashy", "model.attention='flashy'"),
 ])
 def test_bad_config_values_are_one_line_errors(key, value, needle):
     cfg = tiny_config()

@@ -88,7 +88,7 @@ def start(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt
     cache = kvcache.init_cache(config, batch, max_length, num_layers=cache_layers)
     logits, cache = kvcache.prefill(config, params, cache, prompt_tokens, prompt_lengths, depth=depth)
     key, draw = jax.random.split(key)
-    probs = sampling_lib.distribution(settings.sampling, knobs, kvcache.last_token_logits(logits, prompt_lengths))
+    probs = sampling_lib.distribution(settings.sampling, knobs, logits)
     first = sampling_lib.pick(settings.sampling, draw, probs)
     width = settings.output_size + settings.slack
     zeros = jnp.zeros((batch,), jnp.int32)
