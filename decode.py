@@ -94,23 +94,24 @@ def mesh_from(text):
     return sharding.make_mesh(sharding.mesh_shape(data, fsdp, tensor))
 
 
-def load_model(checkpoint: Path, dtype=None):
+def load_model(checkpoint: Path, dtype=None, mesh=None):
     """(config, params, tokenizer) of an HF directory or a training workdir; with dtype, params and compute
-    in that dtype (an HF checkpoint is cast tensor by tensor as it is read)."""
-    from lsjax import hf, tokenizer, train
+    in that dtype. An HF checkpoint streams tensor by tensor, cast as it is read, into the mesh's shardings."""
+    import jax
+    from lsjax import hf, model, sharding, tokenizer, train
     if (checkpoint / "checkpoints").is_dir():
         config, params, tok = train.load_workdir(checkpoint)
         if dtype:
             config = config.replace(param_dtype=dtype, dtype=dtype)
-            params = _cast(params, config.jnp_dtype)
+            params = jax.tree.map(lambda p: p.astype(config.jnp_dtype), params)
         return config, params, tok
-    config, params = hf.load(checkpoint, param_dtype=dtype, dtype=dtype)
+    shardings = None
+    if mesh is not None:
+        config = hf.load_config(checkpoint, param_dtype=dtype, dtype=dtype)
+        abstract = jax.eval_shape(model.init, config, jax.random.key(0))
+        shardings = sharding.param_shardings(mesh, model.param_logical_axes(config), abstract)
+    config, params = hf.load(checkpoint, param_dtype=dtype, dtype=dtype, shardings=shardings)
     return config, params, tokenizer.load(checkpoint)
-
-
-def _cast(params, dtype):
-    import jax
-    return jax.tree.map(lambda p: p.astype(dtype), params)
 
 
 def options_from(args):
@@ -140,9 +141,9 @@ def main(argv=None) -> int:
     from lsjax.errors import InputError
     try:
         texts = read_prompts(args)
-        config, params, tok = load_model(args.checkpoint, args.dtype)
-        options = options_from(args)
         mesh = mesh_from(args.mesh)
+        config, params, tok = load_model(args.checkpoint, args.dtype, mesh)
+        options = options_from(args)
         decoder = generation.Decoder(config, params, tok, options, mesh=mesh)
         batch = generation.encode_prompts(tok, texts)
         generation.check_fits(config, batch, options.max_new_tokens)

@@ -8,6 +8,7 @@ stacked params pytree; `save` writes the reverse, which `transformers.AutoModelF
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -20,6 +21,7 @@ import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lsjax.config import ConfigError, LlamaConfig, RopeScaling
 from lsjax.errors import InputError
@@ -142,6 +144,17 @@ def _hf_weight_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
     }
 
 
+def tensor_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
+    """Every tensor of the checkpoint by its HF name, with its shape."""
+    vd = (config.vocab_size, config.hidden_size)
+    shapes = {"model.embed_tokens.weight": vd, "model.norm.weight": (config.hidden_size,)}
+    for i in range(config.num_layers):
+        shapes.update({f"model.layers.{i}.{suffix}": shape for suffix, shape in _hf_weight_shapes(config).items()})
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = vd
+    return shapes
+
+
 def _layer_to_lsjax(config: LlamaConfig, w: Dict[str, np.ndarray]) -> Dict[str, Any]:
     """One layer's HF tensors (out, in) to lsjax kernels (in, ..., out)."""
     d, h, kv, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
@@ -231,26 +244,55 @@ def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str]
     return config_from_hf(_read_json(config_file), str(config_file), param_dtype, dtype)
 
 
-def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None):
-    """(config, params) from a local Hugging Face Llama directory (dtypes as in `load_config`)."""
+def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None, shardings=None):
+    """(config, params) from a local Hugging Face Llama directory (dtypes as in `load_config`).
+
+    Tensors stream one at a time: each is read, cast to the param dtype, laid out for lsjax and put on the
+    devices, so host memory peaks near one tensor. shardings: a params-shaped tree of `NamedSharding`s
+    (`sharding.param_shardings`) to load straight into, so that no device ever holds more than its shards;
+    by default everything goes to the default device. A layer leaf is stacked on the devices once all its
+    layers are there (a moment of twice that leaf's shards).
+    """
     directory = Path(path)
     config = load_config(directory, param_dtype=param_dtype, dtype=dtype)
     reader = _TensorReader(directory)
     np_dtype = _NUMPY_DTYPES[config.param_dtype]
+    place = (lambda array, _: jnp.asarray(array)) if shardings is None else jax.device_put
+    leaf = lambda *keys: None if shardings is None else functools.reduce(lambda tree, k: tree[k], keys, shardings)
+
+    def one_layer(s):  # the sharding of one layer's slice of a stacked leaf
+        return None if s is None else NamedSharding(s.mesh, PartitionSpec(*s.spec[1:]))
+
+    layer_shardings = None if shardings is None else jax.tree.map(one_layer, shardings["layers"])
     shapes = _hf_weight_shapes(config)
     layers = []
     for i in range(config.num_layers):
         raw = {suffix: reader.get(f"model.layers.{i}.{suffix}", shape, np_dtype) for suffix, shape in shapes.items()}
-        layers.append(_layer_to_lsjax(config, raw))
+        converted = _layer_to_lsjax(config, raw)
+        layers.append(jax.tree.map(place, converted, layer_shardings or jax.tree.map(lambda _: None, converted)))
+        del raw, converted
+    stacked = {}
+    for path_keys, _ in jax.tree_util.tree_leaves_with_path(layers[0]):
+        keys = [k.key for k in path_keys]
+        parts = [functools.reduce(lambda tree, k: tree[k], keys, layer) for layer in layers]
+        stack = jnp.stack if shardings is None else jax.jit(jnp.stack, out_shardings=leaf("layers", *keys))
+        node = stacked
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = stack(parts)
+        for layer in layers:  # free each layer's slice of this leaf
+            node_of = functools.reduce(lambda tree, k: tree[k], keys[:-1], layer)
+            del node_of[keys[-1]]
     vd = (config.vocab_size, config.hidden_size)
     params = {
-        "embed": {"embedding": reader.get("model.embed_tokens.weight", vd, np_dtype)},
-        "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers),
-        "final_norm": {"scale": reader.get("model.norm.weight", (config.hidden_size,), np_dtype)},
+        "embed": {"embedding": place(reader.get("model.embed_tokens.weight", vd, np_dtype), leaf("embed", "embedding"))},
+        "layers": stacked,
+        "final_norm": {"scale": place(reader.get("model.norm.weight", (config.hidden_size,), np_dtype),
+                                      leaf("final_norm", "scale"))},
     }
     if not config.tie_word_embeddings:
-        params["lm_head"] = {"kernel": reader.get("lm_head.weight", vd, np_dtype).T}
-    return config, jax.tree.map(jnp.asarray, params)
+        params["lm_head"] = {"kernel": place(reader.get("lm_head.weight", vd, np_dtype).T, leaf("lm_head", "kernel"))}
+    return config, params
 
 
 def to_hf_tensors(config: LlamaConfig, params) -> Dict[str, np.ndarray]:

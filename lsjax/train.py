@@ -161,18 +161,20 @@ def _model_config(cfg, tok) -> LlamaConfig:
 
 def _initial_state(cfg, config: LlamaConfig, optimizer, shardings):
     params = None
-    if cfg.init_from:
-        _, params = hf.load(cfg.init_from, param_dtype=config.param_dtype, dtype=config.dtype)
+    if cfg.init_from:  # streamed tensor by tensor into the params' shardings
+        _, params = hf.load(cfg.init_from, param_dtype=config.param_dtype, dtype=config.dtype,
+                            shardings=shardings["params"])
     return init_state(config, optimizer, shardings, params, seed=cfg.train.seed)
 
 
 def init_state(config: LlamaConfig, optimizer, shardings, params=None, seed: int = 0):
     """The step-0 train state, created directly in its shardings: a random init (params=None) runs sharded,
-    so no device ever holds all params; given params go to each device as its shards only."""
+    so no device ever holds all params; given params (host arrays, or already in their shardings, as
+    `hf.load(shardings=...)` gives them) go to each device as its shards only."""
     if params is None:
         params = jax.jit(model.init, static_argnums=0, out_shardings=shardings["params"])(config, jax.random.key(seed))
     else:
-        params = jax.device_put(jax.device_get(params), shardings["params"])
+        params = jax.device_put(params, shardings["params"])
     init = jax.jit(functools.partial(_fresh_state, config, optimizer), out_shardings=shardings, donate_argnums=0)
     return init(params)
 
