@@ -274,19 +274,18 @@ REMAT_POLICIES = {
 }
 
 
-def _write_layer_rows(buffer, new, layer, write_index):
-    """buffer [L, B, S, ...] <- new [B, T, ...] in layer `layer`, row b's slots [write_index[b], + T): a
-    scatter of the new tokens only, in place (the rest of the cache is neither read nor copied)."""
-    b, t = new.shape[:2]
-    rows = jnp.arange(b)[:, None]
-    slots = write_index[:, None] + jnp.arange(t)[None, :]
-    return buffer.at[layer, rows, slots].set(new.astype(buffer.dtype), mode="promise_in_bounds")
+def _write_rows(buffer, new, write_index):
+    """buffer [B, S, ...] <- new [B, T, ...] at per-row slots [write_index[b], write_index[b] + T)."""
+    return jax.vmap(lambda b, n, i: lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(
+        buffer, new.astype(buffer.dtype), write_index)
 
 
 def _attend_with_cache(q, k, v, *, kind, buffers, index, write_index, mask):
-    k_all, v_all = (_write_layer_rows(b, new, index, write_index) for b, new in zip(buffers, (k, v)))
-    out = attention.attend(kind, q, k_all[index].astype(q.dtype), v_all[index].astype(q.dtype), mask)
-    return out, (k_all, v_all)
+    k_all, v_all = buffers
+    k_layer = _write_rows(k_all[index], k, write_index)
+    v_layer = _write_rows(v_all[index], v, write_index)
+    out = attention.attend(kind, q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), mask)
+    return out, (k_all.at[index].set(k_layer), v_all.at[index].set(v_layer))
 
 
 def forward(config: LlamaConfig, params: Params, tokens, *, positions=None, segment_ids=None,

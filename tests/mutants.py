@@ -131,6 +131,24 @@ MUTANTS: Dict[str, Mutant] = {
         '    if config.remat != "none":\n        body = jax.checkpoint(',
         '    if config.remat == "never":\n        body = jax.checkpoint(',
         "tests/test_memory.py"),
+    "blockwise-no-rescale": Mutant(
+        "blockwise attention forgets to rescale the running output when a later block raises the maximum",
+        "lsjax/attention.py",
+        "        acc = acc * correction[..., None] + jnp.einsum(",
+        "        acc = acc + jnp.einsum(",
+        "tests/test_model.py"),
+    "cache-write-shifted": Mutant(
+        "the KV cache writes the new tokens one slot late",
+        "lsjax/model.py",
+        "lax.dynamic_update_slice_in_dim(b, n, i, axis=0)",
+        "lax.dynamic_update_slice_in_dim(b, n, i + 1, axis=0)",
+        "tests/test_kvcache.py"),
+    "prefill-wrong-position": Mutant(
+        "the prefill unembeds the position after each right-padded row's last prompt token",
+        "lsjax/kvcache.py",
+        "        new_length, last = prompt_lengths, prompt_lengths - 1",
+        "        new_length, last = prompt_lengths, jnp.minimum(prompt_lengths, t - 1)",
+        "tests/test_kvcache.py"),
     "tied-exports-head": Mutant(
         "a tied model exports lm_head.weight beside the embedding",
         "lsjax/hf.py",
