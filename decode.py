@@ -97,19 +97,16 @@ def mesh_from(text):
 def load_model(checkpoint: Path, dtype=None, mesh=None):
     """(config, params, tokenizer) of an HF directory or a training workdir; with dtype, params and compute
     in that dtype. An HF checkpoint streams tensor by tensor, cast as it is read, into the mesh's shardings."""
-    import jax
-    from lsjax import hf, model, sharding, tokenizer, train
+    from lsjax import hf, model, tokenizer, train
     if (checkpoint / "checkpoints").is_dir():
         config, params, tok = train.load_workdir(checkpoint)
         if dtype:
             config = config.replace(param_dtype=dtype, dtype=dtype)
-            params = jax.tree.map(lambda p: p.astype(config.jnp_dtype), params)
+            params = model.in_compute_dtype(config, params)
         return config, params, tok
     shardings = None
     if mesh is not None:
-        config = hf.load_config(checkpoint, param_dtype=dtype, dtype=dtype)
-        abstract = jax.eval_shape(model.init, config, jax.random.key(0))
-        shardings = sharding.param_shardings(mesh, model.param_logical_axes(config), abstract)
+        shardings = model.param_shardings(hf.load_config(checkpoint, param_dtype=dtype, dtype=dtype), mesh)
     config, params = hf.load(checkpoint, param_dtype=dtype, dtype=dtype, shardings=shardings)
     return config, params, tokenizer.load(checkpoint)
 

@@ -78,8 +78,7 @@ def abstract(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
-def _abstract_batch(mesh, batch_size: int, seq_len: int) -> dict:
-    rows = train.batch_shardings(mesh, batch_size, seq_len)
+def _abstract_batch(rows, batch_size: int, seq_len: int) -> dict:
     batch = {key: jax.ShapeDtypeStruct((batch_size, seq_len), "float32" if key == "loss_mask" else "int32",
                                        sharding=rows[key]) for key in rows if key != "sample_index"}
     batch["sample_index"] = jax.ShapeDtypeStruct((batch_size,), "int32", sharding=rows["sample_index"])
@@ -93,7 +92,7 @@ def train_step_memory(config: LlamaConfig, mesh, batch_size: int, seq_len: int) 
     shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer, state)
     rows = train.batch_shardings(mesh, batch_size, seq_len)
     step = train.sharded_step(config, objective.Recipe(**RECIPE), optimizer, 1, shardings, rows)
-    return _bytes(step.lower(abstract(state, shardings), _abstract_batch(mesh, batch_size, seq_len)).compile())
+    return _bytes(step.lower(abstract(state, shardings), _abstract_batch(rows, batch_size, seq_len)).compile())
 
 
 def eval_memory(config: LlamaConfig, mesh, batch_size: int, seq_len: int) -> dict:
@@ -102,7 +101,7 @@ def eval_memory(config: LlamaConfig, mesh, batch_size: int, seq_len: int) -> dic
     shardings = sharding.param_shardings(mesh, model.param_logical_axes(config), params)
     rows = train.batch_shardings(mesh, batch_size, seq_len)
     evaluate = train.sharded_eval(config, RECIPE["loss_chunk_size"], shardings, rows)
-    batch = {k: v for k, v in _abstract_batch(mesh, batch_size, seq_len).items() if k != "sample_index"}
+    batch = {k: v for k, v in _abstract_batch(rows, batch_size, seq_len).items() if k != "sample_index"}
     return _bytes(evaluate.lower(abstract(params, shardings), batch).compile())
 
 

@@ -107,8 +107,7 @@ class Decoder:
         """mesh: decode sharded over it (params by the rules table, prompt rows over data and fsdp, the KV
         cache over rows and KV heads); the tokens are the same as on one device."""
         self.config, self.tok, self.mesh = config, tok, mesh
-        self.params = params if mesh is None else jax.device_put(params, sharding.param_shardings(
-            mesh, model.param_logical_axes(config), params))
+        self.params = params if mesh is None else jax.device_put(params, model.param_shardings(config, mesh))
         self.options = options.check(config)
         self.settings = self.options.settings(config, tok.pad_id or 0)
         self.knobs = self.options.knobs()

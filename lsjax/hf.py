@@ -8,7 +8,6 @@ stacked params pytree; `save` writes the reverse, which `transformers.AutoModelF
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
@@ -258,40 +257,33 @@ def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None
     reader = _TensorReader(directory)
     np_dtype = _NUMPY_DTYPES[config.param_dtype]
     place = (lambda array, _: jnp.asarray(array)) if shardings is None else jax.device_put
-    leaf = lambda *keys: None if shardings is None else functools.reduce(lambda tree, k: tree[k], keys, shardings)
-
-    def one_layer(s):  # the sharding of one layer's slice of a stacked leaf
-        return None if s is None else NamedSharding(s.mesh, PartitionSpec(*s.spec[1:]))
-
-    layer_shardings = None if shardings is None else jax.tree.map(one_layer, shardings["layers"])
+    target = lambda group, name: None if shardings is None else shardings[group][name]
+    stacked_shardings = None if shardings is None else jax.tree.leaves(shardings["layers"])
+    layer_shardings = None if shardings is None else [  # a stacked leaf's sharding without the layer axis
+        NamedSharding(s.mesh, PartitionSpec(*s.spec[1:])) for s in stacked_shardings]
     shapes = _hf_weight_shapes(config)
-    layers = []
+    layers = []  # per layer, its leaves on the devices (in the order of the layer tree's leaves)
     for i in range(config.num_layers):
         raw = {suffix: reader.get(f"model.layers.{i}.{suffix}", shape, np_dtype) for suffix, shape in shapes.items()}
-        converted = _layer_to_lsjax(config, raw)
-        layers.append(jax.tree.map(place, converted, layer_shardings or jax.tree.map(lambda _: None, converted)))
-        del raw, converted
-    stacked = {}
-    for path_keys, _ in jax.tree_util.tree_leaves_with_path(layers[0]):
-        keys = [k.key for k in path_keys]
-        parts = [functools.reduce(lambda tree, k: tree[k], keys, layer) for layer in layers]
-        stack = jnp.stack if shardings is None else jax.jit(jnp.stack, out_shardings=leaf("layers", *keys))
-        node = stacked
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = stack(parts)
-        for layer in layers:  # free each layer's slice of this leaf
-            node_of = functools.reduce(lambda tree, k: tree[k], keys[:-1], layer)
-            del node_of[keys[-1]]
+        leaves, layer_tree = jax.tree.flatten(_layer_to_lsjax(config, raw))
+        layers.append([place(a, s) for a, s in zip(leaves, layer_shardings or [None] * len(leaves))])
+        del raw, leaves  # this layer's host copies go before the next layer is read
+    stacked = []
+    for j in range(len(layers[0])):
+        parts = [layer[j] for layer in layers]
+        for layer in layers:  # hold each layer's slice of this leaf only until it is stacked
+            layer[j] = None
+        stack = jnp.stack if shardings is None else jax.jit(jnp.stack, out_shardings=stacked_shardings[j])
+        stacked.append(stack(parts))
     vd = (config.vocab_size, config.hidden_size)
     params = {
-        "embed": {"embedding": place(reader.get("model.embed_tokens.weight", vd, np_dtype), leaf("embed", "embedding"))},
-        "layers": stacked,
+        "embed": {"embedding": place(reader.get("model.embed_tokens.weight", vd, np_dtype), target("embed", "embedding"))},
+        "layers": jax.tree.unflatten(layer_tree, stacked),
         "final_norm": {"scale": place(reader.get("model.norm.weight", (config.hidden_size,), np_dtype),
-                                      leaf("final_norm", "scale"))},
+                                      target("final_norm", "scale"))},
     }
     if not config.tie_word_embeddings:
-        params["lm_head"] = {"kernel": place(reader.get("lm_head.weight", vd, np_dtype).T, leaf("lm_head", "kernel"))}
+        params["lm_head"] = {"kernel": place(reader.get("lm_head.weight", vd, np_dtype).T, target("lm_head", "kernel"))}
     return config, params
 
 

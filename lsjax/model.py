@@ -192,6 +192,18 @@ def param_logical_axes(config: LlamaConfig) -> Params:
     return specs
 
 
+def param_shardings(config: LlamaConfig, mesh) -> Params:
+    """NamedShardings of this config's params on `mesh`, by the rules table (shapes from an abstract init;
+    nothing is allocated)."""
+    return sharding.param_shardings(mesh, param_logical_axes(config), jax.eval_shape(init, config, jax.random.key(0)))
+
+
+def in_compute_dtype(config: LlamaConfig, params: Params) -> Params:
+    """The params cast to the compute dtype. Every use casts them anyway; in a train step doing it first makes
+    FSDP's all-gathers move bfloat16 rather than float32 (gradients still reach the float32 params)."""
+    return jax.tree.map(lambda p: p.astype(config.jnp_dtype), params)
+
+
 def embed(config: LlamaConfig, params: Params, tokens) -> jax.Array:
     """Token ids [B, T] -> residual stream x_0 [B, T, D] in the compute dtype, rows over the batch axes."""
     x = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.jnp_dtype)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from lsjax import early_exit, layer_dropout, model
@@ -43,12 +42,6 @@ class Recipe(NamedTuple):
 EVAL_EXIT_GROUP = 4
 
 
-def in_compute_dtype(config: LlamaConfig, params):
-    """The params cast to the compute dtype. Every use casts them anyway; doing it first makes FSDP's
-    all-gathers move bfloat16 rather than float32 (gradients still reach the float32 params)."""
-    return jax.tree.map(lambda p: p.astype(config.jnp_dtype), params)
-
-
 def _forward_layers(config: LlamaConfig, params, batch, residual_mask=None):
     return model.forward(config, params, batch["inputs"], positions=batch["positions"],
                          segment_ids=batch["segment_ids"], residual_mask=residual_mask, collect_hidden=True).hidden
@@ -60,7 +53,7 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
     batch: dict of [B, T] arrays `inputs`, `targets`, `positions`, `segment_ids`, `loss_mask`, and [B]
     `sample_index` (global indices, so layer-dropout draws do not depend on the device layout).
     """
-    params = in_compute_dtype(config, params)
+    params = model.in_compute_dtype(config, params)
     keep = None
     if recipe.p_max > 0:
         rates = layer_dropout.drop_rates(recipe.p_max, config.num_layers, step, recipe.total_steps,
@@ -79,7 +72,7 @@ def evaluate_exits(config: LlamaConfig, params, batch, chunk_size: int = 1024):
     """Per-layer held-out statistics of every exit (no dropout): sums of loss, correct, agreement; and count.
 
     The exits are unembedded EVAL_EXIT_GROUP at a time, each group in chunks of tokens."""
-    params = in_compute_dtype(config, params)
+    params = model.in_compute_dtype(config, params)
     hidden = _forward_layers(config, params, batch)
     groups = []
     for first in range(0, config.num_layers, EVAL_EXIT_GROUP):

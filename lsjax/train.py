@@ -85,16 +85,20 @@ def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_ac
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
 
+def _traced_under(mesh, fn):
+    """fn, traced with `mesh` as the abstract mesh, so that `sharding.constrain` pins activations."""
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return traced
+
+
 def sharded_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state_shardings,
                  batch_shardings):
     """`train_step` jitted over the mesh with explicit in/out shardings; the state is donated (updated in place).
     It is traced under the mesh, so that the model's activation constraints apply."""
     mesh = state_shardings["step"].mesh
-
-    def step(state, batch):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return train_step(config, recipe, optimizer, grad_accum, state, batch)
-
+    step = _traced_under(mesh, functools.partial(train_step, config, recipe, optimizer, grad_accum))
     return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
 
@@ -102,11 +106,7 @@ def sharded_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_
 def sharded_eval(config: LlamaConfig, chunk_size: int, param_shardings, batch_shardings):
     """`objective.evaluate_exits` jitted over the mesh (traced under it, like `sharded_step`)."""
     mesh = jax.tree.leaves(param_shardings)[0].mesh
-
-    def evaluate_batch(params, batch):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return objective.evaluate_exits(config, params, batch, chunk_size=chunk_size)
-
+    evaluate_batch = _traced_under(mesh, functools.partial(objective.evaluate_exits, config, chunk_size=chunk_size))
     return jax.jit(evaluate_batch, in_shardings=(param_shardings, {key: batch_shardings[key] for key in data.FIELDS}),
                    out_shardings=NamedSharding(mesh, PartitionSpec()))
 
@@ -151,7 +151,7 @@ def _tokenizer(cfg, workdir: Path):
 def _model_config(cfg, tok) -> LlamaConfig:
     if cfg.init_from:
         return hf.load_config(cfg.init_from, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype).replace(
-            remat=cfg.model.remat)
+            remat=cfg.model.remat, attention=cfg.model.attention)
     config = model_config_from(cfg)
     if tok.vocab_size > config.vocab_size:
         raise ConfigError(f"model.vocab_size={config.vocab_size}: the tokenizer has {tok.vocab_size} tokens")

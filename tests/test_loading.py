@@ -32,10 +32,7 @@ def status(field):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 
-config = hf.load_config(sys.argv[1])
-mesh = sharding.make_mesh((1, 8, 1))
-abstract = jax.eval_shape(model.init, config, jax.random.key(0))
-shardings = sharding.param_shardings(mesh, model.param_logical_axes(config), abstract)
+shardings = model.param_shardings(hf.load_config(sys.argv[1]), sharding.make_mesh((1, 8, 1)))
 jax.device_put(jax.numpy.zeros(8), shardings["final_norm"]["scale"]).block_until_ready()  # start the runtime
 before = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # restart the peak count from here
