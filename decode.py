@@ -26,14 +26,15 @@ from lsjax import xla_cpu
 
 xla_cpu.configure()  # before JAX starts: simulated CPU devices must not deadlock in collectives
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "embedded"
+from lsjax.checkpoints import EMBEDDED  # noqa: E402
+
 COLOURS = {1: "\033[32m", 2: "\033[0m"}  # accepted draft tokens green, the full model's tokens plain
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+    parser.add_argument("--checkpoint", type=Path, default=EMBEDDED,
                         help="Hugging Face Llama directory or lsjax training workdir (default: models/embedded)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="prompt text")
@@ -80,37 +81,6 @@ def read_prompts(args) -> list[str]:
     return texts
 
 
-def mesh_from(text):
-    """The mesh of --mesh "D,F,T", or all devices on data; None on a single device without --mesh."""
-    import jax
-    from lsjax import sharding
-    from lsjax.errors import InputError
-    if text is None:
-        return None if jax.device_count() == 1 else sharding.make_mesh(sharding.mesh_shape(-1, 1, 1))
-    try:
-        data, fsdp, tensor = (int(n) for n in text.split(","))
-    except ValueError:
-        raise InputError(f"--mesh={text!r}: expected three comma-separated integers data,fsdp,tensor") from None
-    return sharding.make_mesh(sharding.mesh_shape(data, fsdp, tensor))
-
-
-def load_model(checkpoint: Path, dtype=None, mesh=None):
-    """(config, params, tokenizer) of an HF directory or a training workdir; with dtype, params and compute
-    in that dtype. An HF checkpoint streams tensor by tensor, cast as it is read, into the mesh's shardings."""
-    from lsjax import hf, model, tokenizer, train
-    if (checkpoint / "checkpoints").is_dir():
-        config, params, tok = train.load_workdir(checkpoint)
-        if dtype:
-            config = config.replace(param_dtype=dtype, dtype=dtype)
-            params = model.in_compute_dtype(config, params)
-        return config, params, tok
-    shardings = None
-    if mesh is not None:
-        shardings = model.param_shardings(hf.load_config(checkpoint, param_dtype=dtype, dtype=dtype), mesh)
-    config, params = hf.load(checkpoint, param_dtype=dtype, dtype=dtype, shardings=shardings)
-    return config, params, tokenizer.load(checkpoint)
-
-
 def options_from(args):
     from lsjax.generation import Options
     return Options(strategy=args.strategy, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
@@ -134,12 +104,12 @@ def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from lsjax import generation
+    from lsjax import checkpoints, generation, sharding
     from lsjax.errors import InputError
     try:
         texts = read_prompts(args)
-        mesh = mesh_from(args.mesh)
-        config, params, tok = load_model(args.checkpoint, args.dtype, mesh)
+        mesh = sharding.mesh_from_flag(args.mesh)
+        config, params, tok = checkpoints.load_model(args.checkpoint, dtype=args.dtype, mesh=mesh)
         options = options_from(args)
         decoder = generation.Decoder(config, params, tok, options, mesh=mesh)
         batch = generation.encode_prompts(tok, texts)

@@ -26,7 +26,6 @@ import argparse
 import functools
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -40,9 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import decode  # noqa: E402
-from lsjax import decoding, generation, kvcache, model, prompts  # noqa: E402
+from lsjax import checkpoints, decoding, generation, kvcache, model, prompts  # noqa: E402
 
 PASSES = 50  # cached passes per compiled loop in `pass_costs`
 
@@ -57,7 +54,7 @@ def listed(cast):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=decode.DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoint", type=Path, default=checkpoints.EMBEDDED)
     parser.add_argument("--num-prompts", type=int, default=20, help="the first N HumanEval prompts (164: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--exit-layers", type=listed(int), default=None, help="E values (default: 1 .. L/2)")
@@ -328,7 +325,7 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
 
 def main(argv=None):
     args = parse_args(argv)
-    config, params, tok = decode.load_model(args.checkpoint)
+    config, params, tok = checkpoints.load_model(args.checkpoint)
     exit_layers = args.exit_layers or list(range(1, config.num_layers // 2 + 1))
     texts = list(prompts.humaneval_problems().values())[:args.num_prompts]
     options = {"autoregressive": {"strategy": "autoregressive"}}

@@ -25,9 +25,8 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import decode  # noqa: E402
 from benchmarks.train_step import load_config, synthetic_batch  # noqa: E402
-from lsjax import decoding, generation, model, objective, prompts, sharding, train  # noqa: E402
+from lsjax import checkpoints, decoding, generation, model, objective, prompts, sharding, train  # noqa: E402
 from lsjax.train_config import model_config_from  # noqa: E402
 
 # Dense bf16 peak TFLOP/s and HBM GB/s per device, by jax's device_kind (a chip for TPUs).
@@ -42,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="configs/embedded.py")
     parser.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (-1 = the rest)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--checkpoint", type=Path, default=decode.DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoint", type=Path, default=checkpoints.EMBEDDED)
     parser.add_argument("--batch-size", type=int, default=None, help="decode rows (default: one per device)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--exit-layer", type=int, default=2)
@@ -86,7 +85,7 @@ def measure_training(cfg, mesh, steps: int):
 
 
 def measure_decoding(args, mesh):
-    config, params, tok = decode.load_model(args.checkpoint)
+    config, params, tok = checkpoints.load_model(args.checkpoint)
     rows = args.batch_size or mesh.size
     texts = list(prompts.humaneval_problems().values())[:rows]
     batch = generation.encode_prompts(tok, [texts[i % len(texts)] for i in range(rows)])
@@ -110,7 +109,7 @@ def measure_decoding(args, mesh):
 
 def main(argv=None):
     args = parse_args(argv)
-    mesh = decode.mesh_from(args.mesh)
+    mesh = sharding.mesh_from_flag(args.mesh)
     kind = jax.devices()[0].device_kind
     table_tflops, table_gbps = PEAKS.get(kind, (None, None))
     peak_tflops, peak_gbps = args.peak_tflops or table_tflops, args.peak_gbps or table_gbps

@@ -10,7 +10,7 @@ def get_config():
         head_dim=None, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
         max_position_embeddings=2048, param_dtype="float32", dtype="float32",
         remat="none",  # none | full | dots | offload: what the backward pass recomputes (lsjax.config.REMAT)
-        attention="auto"))  # auto | xla | blockwise (lsjax.attention)
+        attention="auto"))  # auto | xla | blockwise | flash (lsjax.attention)
     cfg.init_from = ""  # a Hugging Face Llama directory for continual pretraining / fine-tuning
     cfg.export_dir = ""  # where the trained model is written in HF format (default: WORKDIR/hf)
     cfg.export_dtype = ""  # the exported weights' dtype: float32, bfloat16 or float16 (default: model.param_dtype)

@@ -17,8 +17,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # What the backward pass keeps of each layer (`model.REMAT_POLICIES`): everything, only the layer's input,
 # the input and the weight matmuls' outputs, or those matmuls' outputs moved to host memory.
 REMAT = ("none", "full", "dots", "offload")
-# How attention is computed (`lsjax.attention`): auto picks by size; all give the same values.
-ATTENTION = ("auto", "xla", "blockwise")
+# How attention is computed (`lsjax.attention`): auto picks by backend and size; all give the same values.
+ATTENTION = ("auto", "xla", "blockwise", "flash")
 
 
 class ConfigError(InputError):

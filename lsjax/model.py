@@ -237,11 +237,12 @@ def causal_mask(batch: int, length: int, segment_ids=None) -> jax.Array:
 
 def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *, positions, mask,
                cache: Optional[Tuple[jax.Array, jax.Array]] = None, write_index=None, residual_mask=None,
-               collect_hidden: bool = False) -> LayersOutput:
+               collect_hidden: bool = False, segments=None) -> LayersOutput:
     """Runs layers [start, stop) on the residual stream x [B, T, D] as one scan over the stacked params.
 
     positions: [B, T] rotary positions. mask: [B, T, K] attention mask, where K = T without a cache, or
-    the cache length S with one.
+    the cache length S with one. segments: [B, T] when mask is `causal_mask(B, T, segments)` (lets a fused
+    attention kernel build the mask itself).
     cache: optional (k, v) buffers [L, B, S, KV, hd] covering all L layers; each layer in the range writes
     its new keys/values at slots [write_index[b], write_index[b] + T) of row b, then attends over the
     whole buffer under `mask`. Layers outside the range are untouched.
@@ -261,7 +262,7 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
         # the whole stack would be a copy of those layers' weights (a draft or verify pass would pay for it).
         p = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, index, keepdims=False), params["layers"])
         if buffers is None:
-            attend = lambda q, k, v: (attention.attend(config.attention, q, k, v, mask), None)
+            attend = lambda q, k, v: (attention.attend(config.attention, q, k, v, mask, segments), None)
         else:
             attend = functools.partial(_attend_with_cache, kind=config.attention, buffers=buffers, index=index,
                                        write_index=write_index, mask=mask)
@@ -311,9 +312,10 @@ def forward(config: LlamaConfig, params: Params, tokens, *, positions=None, segm
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     x = embed(config, params, tokens)
+    segments = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids
     return run_layers(config, params, x, 0, config.num_layers, positions=positions,
                       mask=causal_mask(b, t, segment_ids), residual_mask=residual_mask,
-                      collect_hidden=collect_hidden)
+                      collect_hidden=collect_hidden, segments=segments)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -89,6 +89,18 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: Optional[int] = N
     return tuple(shape)
 
 
+def mesh_from_flag(text: Optional[str]) -> Optional[Mesh]:
+    """The mesh of a --mesh "D,F,T" flag (-1: the rest of the devices), or without the flag all devices on
+    data (None on a single device)."""
+    if text is None:
+        return None if jax.device_count() == 1 else make_mesh(mesh_shape(-1, 1, 1))
+    try:
+        data, fsdp, tensor = (int(n) for n in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--mesh={text!r}: expected three comma-separated integers data,fsdp,tensor") from None
+    return make_mesh(mesh_shape(data, fsdp, tensor))
+
+
 def make_mesh(shape: Sequence[int]) -> Mesh:
     """A ('data', 'fsdp', 'tensor') mesh over the first prod(shape) devices; Auto axes, so XLA propagates
     shardings between the ones we set."""

@@ -18,7 +18,6 @@ from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -26,10 +25,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from lsjax import data, hf, model, objective, plots, sharding, tokenizer as tokenizer_lib
-from lsjax.config import ConfigError, LlamaConfig
-from lsjax.hf import CheckpointError
-from lsjax.train_config import model_config_from, validate_train_config
+from lsjax import checkpoints, data, hf, model, objective, plots, sharding, tokenizer as tokenizer_lib
+from lsjax.config import LlamaConfig
+from lsjax.train_config import validate_train_config
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -137,8 +135,8 @@ def _tokenizer(cfg, workdir: Path):
     if cfg.tokenizer.path:
         return tokenizer_lib.load(cfg.tokenizer.path)
     if cfg.init_from:
-        return tokenizer_lib.load(cfg.init_from)
-    saved = workdir / "tokenizer"
+        return checkpoints.load_tokenizer(cfg.init_from)
+    saved = workdir / checkpoints.WORKDIR_TOKENIZER
     if (saved / "tokenizer.json").exists():
         return tokenizer_lib.load(saved)
     files = data.training_files(cfg.data)
@@ -148,22 +146,10 @@ def _tokenizer(cfg, workdir: Path):
     return tok
 
 
-def _model_config(cfg, tok) -> LlamaConfig:
-    if cfg.init_from:
-        return hf.load_config(cfg.init_from, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype).replace(
-            remat=cfg.model.remat, attention=cfg.model.attention)
-    config = model_config_from(cfg)
-    if tok.vocab_size > config.vocab_size:
-        raise ConfigError(f"model.vocab_size={config.vocab_size}: the tokenizer has {tok.vocab_size} tokens")
-    return config.replace(bos_token_id=tok.bos_id, eos_token_ids=tuple(tok.eos_ids) if tok.eos_ids else (),
-                          pad_token_id=tok.pad_id)
-
-
 def _initial_state(cfg, config: LlamaConfig, optimizer, shardings):
     params = None
     if cfg.init_from:  # streamed tensor by tensor into the params' shardings
-        _, params = hf.load(cfg.init_from, param_dtype=config.param_dtype, dtype=config.dtype,
-                            shardings=shardings["params"])
+        params = checkpoints.load_params(cfg.init_from, config, shardings["params"])
     return init_state(config, optimizer, shardings, params, seed=cfg.train.seed)
 
 
@@ -243,7 +229,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
     t = cfg.train
     train_source, eval_source = data.sources(cfg.data)
     tok = _tokenizer(cfg, workdir)
-    config = _model_config(cfg, tok)
+    config = checkpoints.model_config(cfg, tok)
     processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batches = data.make_batches(train_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
                                 seed=t.seed, shuffle_window=cfg.data.shuffle_window, **processes)
@@ -252,7 +238,7 @@ def run(cfg, workdir) -> Dict[str, Any]:
     schedule = lr_schedule(t)
 
     manager = ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(),
+        (workdir / checkpoints.WORKDIR_CHECKPOINTS).absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
                                              enable_async_checkpointing=True))
     abstract = abstract_state(config, optimizer)
@@ -321,26 +307,6 @@ def run(cfg, workdir) -> Dict[str, Any]:
         hf.save(export_dir, exported, jax.tree.map(lambda p: np.asarray(p, exported.jnp_param_dtype), params),
                 tokenizer=tok)
     return {"step": step, "eval": last_eval, "export_dir": str(export_dir)}
-
-
-def load_workdir(workdir) -> tuple:
-    """(model config, params, tokenizer) of the latest checkpoint in a training workdir, for decoding."""
-    workdir = Path(workdir)
-    try:
-        cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{workdir}: not an lsjax training workdir (config.json: {type(err).__name__})") from None
-    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
-    step = manager.latest_step()
-    if step is None:
-        raise CheckpointError(f"{workdir}: a training workdir without any checkpoint yet")
-    tok = _tokenizer(cfg, workdir)
-    config = _model_config(cfg, tok)
-    abstract = abstract_state(config, make_optimizer(cfg.train))
-    on_one_device = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_with_shardings(abstract, on_one_device))))
-    return config, restored.state["params"], tok
 
 
 def abstract_state(config, optimizer):

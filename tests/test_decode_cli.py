@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lsjax import generation, hf, model, tokenizer
+from lsjax import checkpoints, generation, hf, model, tokenizer
 
 from tests.random_model import random_model
 
@@ -41,7 +41,7 @@ def test_decodes_a_prompt_as_json(checkpoint, capsys, strategy):
 
 
 def test_dtype_flag_casts_the_params_once_on_load(checkpoint, capsys):
-    config, params, _ = decode.load_model(checkpoint, "bfloat16")
+    config, params, _ = checkpoints.load_model(checkpoint, dtype="bfloat16")
     assert config.param_dtype == config.dtype == "bfloat16"
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
     assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "def f(x):", "--max-new-tokens", "4",
@@ -69,7 +69,7 @@ def test_mesh_flag_decodes_the_same_tokens_as_one_device(checkpoint, capsys):
 
 
 def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
-    config, params, tok = decode.load_model(checkpoint)
+    config, params, tok = checkpoints.load_model(checkpoint)
     decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
                                                                          max_new_tokens=40))
     batch = generation.encode_prompts(tok, ["def add(a, b):"])
@@ -108,7 +108,7 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, capsys, argv, needle):
 
 def test_not_a_checkpoint(tmp_path, capsys):
     assert decode.main(["--checkpoint", str(tmp_path)]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "not a checkpoint" in capsys.readouterr().err
 
 
 def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):

@@ -1,5 +1,7 @@
 """The decoder's own contracts: layer ranges, per-layer states, residual masks, packing, dtypes, axes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +73,68 @@ def test_blockwise_attention_and_its_gradients_equal_the_reference(block):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def _packed_self_attention_inputs(t=128, h=4, kv=2, hd=8, seed=0):
+    """Two rows of float32 self-attention over whole rows: row 0 packs three documents, row 1 is one."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, t, n, hd)), jnp.float32) for n in (h, kv, kv))
+    segments = jnp.asarray([[0] * 40 + [1] * 50 + [2] * (t - 90), [0] * t], jnp.int32)
+    return q, k, v, segments, model.causal_mask(2, t, segments)
+
+
+def _assert_same_attention_and_gradients(f, q, k, v, mask, rtol=1e-5, atol=1e-5):
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+    loss = lambda g: lambda *a: jnp.sum(g(*a) * cotangent)
+    ref = lambda q, k, v: attention.reference(q, k, v, mask)
+    np.testing.assert_allclose(f(q, k, v), ref(q, k, v), rtol=rtol, atol=atol)
+    for got, want, name in zip(jax.grad(loss(f), argnums=(0, 1, 2))(q, k, v),
+                               jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v), "qkv"):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
+
+
+def test_fused_gpu_attention_call_equals_the_reference():
+    """The cuDNN call's arguments (layout, GQA, mask broadcast), run through its portable XLA twin: the
+    same output and gradients wherever a query sees a key; queries that see none give zeros."""
+    q, k, v, mask = map(jnp.asarray, _attention_inputs(t=6, s=11, seed=4))
+    mask = mask.at[:, :, 0].set(True)
+    fused = lambda q, k, v: attention.fused_gpu(q, k, v, mask, implementation="xla")
+    _assert_same_attention_and_gradients(fused, q, k, v, mask)
+    blind = mask.at[1, 3].set(False)
+    np.testing.assert_array_equal(attention.fused_gpu(q, k, v, blind, implementation="xla")[1, 3], 0)
+
+
+def test_splash_attention_kernel_equals_the_reference():
+    """The TPU Pallas kernel, run by its interpreter on CPU: packed documents, GQA, output and gradients."""
+    q, k, v, segments, mask = _packed_self_attention_inputs()
+    _assert_same_attention_and_gradients(lambda q, k, v: attention.splash(q, k, v, segments, interpret=True),
+                                         q, k, v, mask)
+
+
+def test_splash_attention_runs_per_shard_on_a_mesh():
+    """On a (2, 2, 2) mesh the kernel runs under shard_map (rows over data x fsdp, KV heads over tensor)."""
+    q, k, v, segments, mask = _packed_self_attention_inputs(seed=1)
+    q, k, v, segments = (jnp.concatenate([a, a[::-1]]) for a in (q, k, v, segments))  # 4 rows
+    mesh = sharding.make_mesh((2, 2, 2))
+    run = jax.jit(lambda *a: attention.splash(*a, interpret=True))
+    with jax.set_mesh(mesh):
+        got = run(q, k, v, segments)
+        assert "shard_map" in str(jax.make_jaxpr(run)(q, k, v, segments))
+    np.testing.assert_allclose(got, attention.reference(q, k, v, model.causal_mask(4, q.shape[1], segments)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("platform, dtype, t, segmented, want", [
+    ("gpu", jnp.bfloat16, 1, False, "cudnn"), ("gpu", jnp.float32, 4096, True, "blockwise"),
+    ("gpu", jnp.float32, 1, False, "xla"), ("tpu", jnp.bfloat16, 4096, True, "splash"),
+    ("tpu", jnp.bfloat16, 4000, True, "blockwise"), ("tpu", jnp.bfloat16, 5, False, "xla"),
+    ("cpu", jnp.bfloat16, 4096, True, "blockwise"), ("cpu", jnp.bfloat16, 5, True, "xla")])
+def test_auto_and_flash_pick_the_kernel_the_backend_supports(platform, dtype, t, segmented, want):
+    q, k = jnp.zeros((1, t, 4, 64), dtype), jnp.zeros((1, t, 2, 64), dtype)
+    segments = jnp.zeros((1, t), jnp.int32) if segmented else None
+    for kind in ("auto", "flash"):
+        assert attention.resolve(kind, platform, q, k, segments) == want
+    assert attention.resolve("xla", platform, q, k, segments) == "xla"
+
+
 def test_hidden_states_are_the_layer_outputs(tiny_model):
     config, params = tiny_model
     tokens = _tokens(config)
@@ -126,19 +190,26 @@ def test_packed_segments_equal_separate_documents(tiny_model):
     np.testing.assert_allclose(out[:, 5:], model.logits(config, params, doc_b), atol=1e-5)
 
 
-@pytest.mark.parametrize("changes", [dict(attention="blockwise"), dict(remat="full"), dict(remat="dots"),
-                                     dict(remat="full", attention="blockwise")])
+@pytest.mark.parametrize("changes", [dict(attention="blockwise"), dict(attention="flash"), dict(remat="full"),
+                                     dict(remat="dots"), dict(remat="full", attention="blockwise"),
+                                     dict(remat="full", attention="splash-interpreted")])
 def test_remat_and_attention_implementations_give_the_reference_loss_and_gradients(changes, monkeypatch):
     """Packed documents (segment ids, per-document positions), grouped-query heads, layer dropout: the same
-    float32 loss and gradients as the plain einsum attention without rematerialisation."""
-    monkeypatch.setattr(attention, "BLOCK", 5)  # several key blocks, the last one partly padding
+    float32 loss and gradients as the plain einsum attention without rematerialisation. flash on CPU is its
+    fallback; splash-interpreted forces the TPU kernel, run by its interpreter, into the model."""
+    monkeypatch.setattr(attention, "BLOCK", 48)  # several key blocks, the last one partly padding
+    if changes.get("attention") == "splash-interpreted":
+        monkeypatch.setattr(attention, "resolve", lambda kind, *_: "xla" if kind == "xla" else "splash")
+        monkeypatch.setattr(attention, "splash", functools.partial(attention.splash, interpret=True))
+        changes = dict(changes, attention="flash")
     jax.clear_caches()
     config = TINY.replace(attention="xla")
     params = model.init(config, jax.random.key(3))
     rng = np.random.default_rng(3)
-    tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, 12)))
-    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12])
-    positions = jnp.asarray([list(range(5)) + list(range(7)), list(range(12))])
+    t = 128  # the splash kernel's block granularity
+    tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, t)))
+    segments = jnp.asarray([[1] * 5 + [2] * (t - 5), [1] * t])
+    positions = jnp.asarray([list(range(5)) + list(range(t - 5)), list(range(t))])
     keep = jnp.asarray([[1, 0, 1, 1], [1, 1, 1, 0]], bool)
 
     def loss(p, cfg):

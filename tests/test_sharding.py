@@ -4,6 +4,7 @@ and tokens as on one device, params created sharded, and the mesh flags' one-lin
 import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
@@ -22,7 +23,7 @@ BATCH, SEQ = 8, 16
 
 
 def optimizer():
-    return train.make_optimizer(train.ml_collections.ConfigDict(dict(
+    return train.make_optimizer(ml_collections.ConfigDict(dict(
         learning_rate=1e-2, warmup_steps=1, steps=10, end_lr_ratio=0.1, grad_clip=1.0, b1=0.9, b2=0.95,
         weight_decay=0.1)))
 

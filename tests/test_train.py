@@ -70,10 +70,22 @@ def test_tiny_config_trains_and_loss_falls(tiny_run):
     assert config.num_layers == cfg.model.num_layers and result["step"] == cfg.train.steps
 
 
-def test_a_workdir_loads_for_decoding_with_the_exported_weights(tiny_run):
-    from lsjax import train
+def test_a_workdir_loads_for_decoding_with_the_exported_weights(tiny_run, monkeypatch):
+    """Params only (orbax is asked for no optimizer leaf), straight into the mesh's shardings, and the
+    workdir is left exactly as it was."""
+    from orbax.checkpoint import PyTreeCheckpointer
+    from lsjax import checkpoints, sharding
     _, workdir, result = tiny_run
-    config, params, tok = train.load_workdir(workdir)
+    before = {p: p.stat().st_mtime_ns for p in Path(workdir).rglob("*")}
+    asked = []
+    restore = PyTreeCheckpointer.restore
+    monkeypatch.setattr(PyTreeCheckpointer, "restore",
+                        lambda self, path, args: asked.append(args.item) or restore(self, path, args=args))
+    mesh = sharding.make_mesh((1, 2, 1))
+    config, params, tok = checkpoints.load_model(workdir, mesh=mesh)
+    assert [list(item) for item in asked] == [["params"]]
+    assert {leaf.sharding.mesh for leaf in jax.tree.leaves(params)} == {mesh}
+    assert {p: p.stat().st_mtime_ns for p in Path(workdir).rglob("*")} == before
     exported = load_file(Path(result["export_dir"]) / hf.WEIGHTS_NAME)
     for name, tensor in hf.to_hf_tensors(config, jax.device_get(params)).items():
         np.testing.assert_array_equal(tensor, exported[name], err_msg=name)
