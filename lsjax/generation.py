@@ -46,6 +46,7 @@ class Options:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    draft_vocab: int = 0  # K > 0: draft over the K most frequent tokens only (lsjax.draft_vocab); 0 = all
 
     def check(self, config: LlamaConfig) -> "Options":
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
@@ -63,6 +64,10 @@ class Options:
         _require(self.temperature >= 0.0, f"temperature={self.temperature}: expected temperature >= 0 (0 = greedy)")
         _require(self.top_k >= 0, f"top_k={self.top_k}: expected top_k >= 0 (0 = off)")
         _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")
+        _require(0 <= self.draft_vocab <= config.vocab_size, f"draft_vocab K={self.draft_vocab}: expected "
+                 f"0 (the whole vocabulary) or 1 <= K <= {config.vocab_size}")
+        _require(not self.draft_vocab or self.strategy == "self_speculative", f"draft_vocab={self.draft_vocab} "
+                 f"applies to self-speculative drafting only, not strategy={self.strategy!r}")
         return dataclasses.replace(self, exit_layer=exit_layer)
 
     def settings(self, config: LlamaConfig, pad_id: int) -> decoding.Settings:
@@ -71,10 +76,16 @@ class Options:
             strategy=self.strategy, exit_layer=self.exit_layer if self.strategy != "autoregressive" else 0,
             num_speculations=self.num_speculations if self.strategy == "self_speculative" else 1,
             schedule=self.schedule, sampling=decoding.Sampling(greedy=self.temperature == 0.0, top_k=self.top_k),
-            eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size)
+            eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size,
+            draft_vocab=self.draft_vocab)
 
-    def knobs(self) -> decoding.Knobs:
-        return decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence)
+    def knobs(self, draft_ranking=None) -> decoding.Knobs:
+        """draft_ranking: token ids by frequency (`lsjax.draft_vocab`), needed when draft_vocab > 0."""
+        if self.draft_vocab and draft_ranking is None:
+            raise InputError(f"draft_vocab={self.draft_vocab} needs a ranking of the tokens (lsjax.draft_vocab)")
+        ids = () if not self.draft_vocab else np.sort(np.asarray(draft_ranking)[:self.draft_vocab])
+        return decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence,
+                                   draft_ids=ids)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -85,7 +96,7 @@ def _require(ok: bool, message: str) -> None:
 def encode_prompts(tok, texts: List[str]) -> PromptBatch:
     if not texts or not all(texts):
         raise InputError("empty prompt: give at least one character of text")
-    encoded = [tok.encode(text, add_bos=True) for text in texts]
+    encoded = [tok.encode(text) for text in texts]
     width = -(-max(len(ids) for ids in encoded) // BUCKET) * BUCKET
     tokens = np.full((len(encoded), width), tok.pad_id or 0, np.int32)
     for i, ids in enumerate(encoded):
@@ -103,14 +114,16 @@ def check_fits(config: LlamaConfig, batch: PromptBatch, max_new_tokens: int) -> 
 class Decoder:
     """One model, tokenizer and set of options; compiles each loop once and reuses it for every batch."""
 
-    def __init__(self, config: LlamaConfig, params, tok, options: Options, mesh: Optional[Mesh] = None):
+    def __init__(self, config: LlamaConfig, params, tok, options: Options, mesh: Optional[Mesh] = None,
+                 draft_ranking=None):
         """mesh: decode sharded over it (params by the rules table, prompt rows over data and fsdp, the KV
-        cache over rows and KV heads); the tokens are the same as on one device."""
+        cache over rows and KV heads); the tokens are the same as on one device. draft_ranking: token ids by
+        frequency, for options.draft_vocab (`lsjax.draft_vocab.for_checkpoint`)."""
         self.config, self.tok, self.mesh = config, tok, mesh
         self.params = params if mesh is None else jax.device_put(params, model.param_shardings(config, mesh))
         self.options = options.check(config)
         self.settings = self.options.settings(config, tok.pad_id or 0)
-        self.knobs = self.options.knobs()
+        self.knobs = self.options.knobs(draft_ranking)
         self._compiled = {}  # (prompt batch shape, streaming) -> the compiled decode for that bucket
         self._rounds: queue.Queue = queue.Queue()  # snapshots the streaming loop sends (one stream at a time)
 

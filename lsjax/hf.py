@@ -4,15 +4,20 @@ A checkpoint directory holds `config.json`, the weights as one `model.safetensor
 `model.safetensors.index.json`, and usually `tokenizer.json`. `load` turns it into an lsjax config and a
 stacked params pytree; `save` writes the reverse, which `transformers.AutoModelForCausalLM` loads. The
 `facebook/layerskip-*` checkpoints are plain Llama checkpoints, so this is how they come in.
+
+Loading is two steps that other formats reuse: `config_from_hf` (a config.json dict to an `LlamaConfig`) and
+`load_tensors` (weights from any reader of HF-named tensors; `lsjax.gguf_checkpoint` passes one over a GGUF file).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -28,20 +33,46 @@ from lsjax.errors import InputError
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
-# config.json keys that say nothing about the computation; anything else must be understood or rejected.
+# config.json keys that transformers writes into every Llama config and that say nothing about the computation:
+# ignored silently.
 _BOOKKEEPING_KEYS = {
     "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
     "initializer_range", "attention_dropout", "pretraining_tp", "output_attentions", "output_hidden_states",
     "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
     "tokenizer_class", "torchscript", "_attn_implementation_autoset",
 }
+# Keys that other tools leave in config.json and that do not change the logits either (names, the ids of tokens
+# a causal LM never inserts, generation defaults, which the caller's decode options replace): ignored with one
+# warning line, so that a user sees what lsjax does not carry over.
+_IGNORED_KEYS = {
+    "_model_name_or_path", "name_or_path", "model_name", "unk_token_id", "sep_token_id", "cls_token_id",
+    "mask_token_id", "decoder_start_token_id", "max_length", "min_length", "temperature", "top_p", "top_k",
+    "typical_p", "do_sample", "num_beams", "num_beam_groups", "diversity_penalty", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "early_stopping",
+    "num_return_sequences", "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+    "begin_suppress_tokens", "remove_invalid_values", "exponential_decay_length_penalty", "output_scores",
+    "return_dict_in_generate", "tie_encoder_decoder", "prefix", "task_specific_params", "finetuning_task",
+    "cross_attention_hidden_size", "add_cross_attention", "is_decoder", "tf_legacy_loss", "use_bfloat16",
+    "quantization_config",  # only a dequantised model's note (quant_method 'gguf'), see _check_quantization
+}
+# Keys of Llama-like architectures that change the computation lsjax does: set to anything but null/false,
+# they are rejected with this reason. Unknown keys are rejected on the same terms (a null/false one is ignored).
+_COMPUTATION_KEYS = {
+    "attention_bias": "Llama has no biases", "mlp_bias": "Llama has no biases",
+    "sliding_window": "lsjax attends to the whole context", "use_sliding_window": "lsjax attends to the whole context",
+    "attn_logit_softcapping": "lsjax does not cap logits", "final_logit_softcapping": "lsjax does not cap logits",
+    "partial_rotary_factor": "lsjax rotates the whole head", "qk_layernorm": "Llama has no q/k norms",
+    "use_qk_norm": "Llama has no q/k norms", "num_local_experts": "Llama is dense",
+    "num_experts": "Llama is dense", "no_rope_layers": "every Llama layer uses rope",
+}
 _MAPPED_KEYS = {
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
     "tie_word_embeddings", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
-    "hidden_act", "attention_bias", "mlp_bias",
+    "hidden_act",
 }
 _NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+_FLOAT_DTYPES = {np.dtype(t) for t in (*_NUMPY_DTYPES.values(), np.float64)}
 
 
 class CheckpointError(InputError):
@@ -69,20 +100,36 @@ def _rope_settings(raw: Dict[str, Any], where: str) -> Tuple[float, Optional[Rop
         raise CheckpointError(f"{where}: llama3 rope scaling lacks the field {missing}") from None
 
 
+def _check_fields(raw: Dict[str, Any], where: str) -> None:
+    """Rejects fields that would change the computation; warns once about the harmless ones it skips."""
+    unread = sorted(set(raw) - _BOOKKEEPING_KEYS - _MAPPED_KEYS)
+    for key in unread:
+        if key not in _IGNORED_KEYS and raw[key] not in (None, False):
+            reason = _COMPUTATION_KEYS.get(key, f"lsjax reads the Llama fields {sorted(_MAPPED_KEYS)}")
+            kind = "" if key in _COMPUTATION_KEYS else "unknown architecture field "
+            raise CheckpointError(f"{where}: {kind}{key}={raw[key]!r} is not supported ({reason})")
+    _check_quantization(raw.get("quantization_config"), where)
+    ignored = [key for key in unread if key not in _COMPUTATION_KEYS]  # a null/false computation key agrees
+    if ignored:
+        print(f"warning: {where}: ignoring {ignored} (they do not change the computation)", file=sys.stderr)
+
+
+def _check_quantization(note: Any, where: str) -> None:
+    """A GGUF model that transformers dequantised keeps a quantization_config; any other means packed weights."""
+    if note is not None and (not isinstance(note, dict) or note.get("quant_method") != "gguf"):
+        method = note.get("quant_method") if isinstance(note, dict) else note
+        raise CheckpointError(f"{where}: quantization_config quant_method={method!r} is not supported (lsjax reads "
+                              f"float weights; only the note of a dequantised GGUF model, 'gguf', is ignored)")
+
+
 def config_from_hf(raw: Dict[str, Any], where: str = "config.json", param_dtype: Optional[str] = None,
                    dtype: Optional[str] = None) -> LlamaConfig:
     """An lsjax config from a parsed Hugging Face Llama config.json; rejects what lsjax would compute wrongly."""
     if raw.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{where}: model_type={raw.get('model_type')!r}, expected 'llama'")
-    unknown = sorted(k for k in raw if k not in _BOOKKEEPING_KEYS | _MAPPED_KEYS and raw[k] not in (None, False))
-    if unknown:
-        raise CheckpointError(f"{where}: unknown architecture field {unknown[0]!r} (lsjax reads the Llama fields "
-                              f"{sorted(_MAPPED_KEYS)})")
+    _check_fields(raw, where)
     if raw.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{where}: hidden_act={raw['hidden_act']!r}, expected 'silu'")
-    for flag in ("attention_bias", "mlp_bias"):
-        if raw.get(flag):
-            raise CheckpointError(f"{where}: {flag}=true is not supported (Llama has no biases)")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if key not in raw:
             raise CheckpointError(f"{where}: missing required field {key!r}")
@@ -169,20 +216,6 @@ def _layer_to_lsjax(config: LlamaConfig, w: Dict[str, np.ndarray]) -> Dict[str, 
     }
 
 
-def _layer_to_hf(config: LlamaConfig, p: Dict[str, Any]) -> Dict[str, np.ndarray]:
-    d = config.hidden_size
-    return {
-        "self_attn.q_proj.weight": p["attn"]["q"].reshape(d, -1).T,
-        "self_attn.k_proj.weight": p["attn"]["k"].reshape(d, -1).T,
-        "self_attn.v_proj.weight": p["attn"]["v"].reshape(d, -1).T,
-        "self_attn.o_proj.weight": p["attn"]["o"].reshape(-1, d).T,
-        "mlp.gate_proj.weight": p["mlp"]["gate"].T, "mlp.up_proj.weight": p["mlp"]["up"].T,
-        "mlp.down_proj.weight": p["mlp"]["down"].T,
-        "input_layernorm.weight": p["attn_norm"]["scale"],
-        "post_attention_layernorm.weight": p["mlp_norm"]["scale"],
-    }
-
-
 class _TensorReader:
     """Reads named tensors across one or several safetensors files, with one-line errors."""
 
@@ -221,6 +254,9 @@ class _TensorReader:
         if tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(f"{file.name}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)} "
                                   f"from config.json")
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(f"{file.name}: {name} is stored as {tensor.dtype}, expected one of float32, "
+                                  f"float16, bfloat16 (packed quantised weights are not supported)")
         return tensor.astype(dtype)
 
 
@@ -243,8 +279,22 @@ def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str]
     return config_from_hf(_read_json(config_file), str(config_file), param_dtype, dtype)
 
 
+class TensorReader(Protocol):
+    """Where `load_tensors` gets weights: each by its HF name, in that shape (out, in) and numpy dtype."""
+
+    def get(self, name: str, shape: Tuple[int, ...], dtype) -> np.ndarray: ...
+
+
 def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None, shardings=None):
-    """(config, params) from a local Hugging Face Llama directory (dtypes as in `load_config`).
+    """(config, params) from a local Hugging Face Llama directory (dtypes as in `load_config`, placement as in
+    `load_tensors`)."""
+    directory = Path(path)
+    config = load_config(directory, param_dtype=param_dtype, dtype=dtype)
+    return config, load_tensors(config, _TensorReader(directory), shardings)
+
+
+def load_tensors(config: LlamaConfig, reader: TensorReader, shardings=None):
+    """The params pytree of `config` from a reader of HF-named tensors (safetensors files, a GGUF file, ...).
 
     Tensors stream one at a time: each is read, cast to the param dtype, laid out for lsjax and put on the
     devices, so host memory peaks near one tensor. shardings: a params-shaped tree of `NamedSharding`s
@@ -252,9 +302,6 @@ def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None
     by default everything goes to the default device. A layer leaf is stacked on the devices once all its
     layers are there (a moment of twice that leaf's shards).
     """
-    directory = Path(path)
-    config = load_config(directory, param_dtype=param_dtype, dtype=dtype)
-    reader = _TensorReader(directory)
     np_dtype = _NUMPY_DTYPES[config.param_dtype]
     place = (lambda array, _: jnp.asarray(array)) if shardings is None else jax.device_put
     target = lambda group, name: None if shardings is None else shardings[group][name]
@@ -284,20 +331,58 @@ def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None
     }
     if not config.tie_word_embeddings:
         params["lm_head"] = {"kernel": place(reader.get("lm_head.weight", vd, np_dtype).T, target("lm_head", "kernel"))}
-    return config, params
+    return params
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+# How one layer's HF tensor comes out of the stacked layer leaf it lives in: (leaf path, to the HF layout).
+_LAYER_EXPORT: Dict[str, Tuple[Tuple[str, str], Callable[[np.ndarray, int], np.ndarray]]] = {
+    "self_attn.q_proj.weight": (("attn", "q"), lambda w, d: w.reshape(d, -1).T),
+    "self_attn.k_proj.weight": (("attn", "k"), lambda w, d: w.reshape(d, -1).T),
+    "self_attn.v_proj.weight": (("attn", "v"), lambda w, d: w.reshape(d, -1).T),
+    "self_attn.o_proj.weight": (("attn", "o"), lambda w, d: w.reshape(-1, d).T),
+    "mlp.gate_proj.weight": (("mlp", "gate"), lambda w, d: w.T),
+    "mlp.up_proj.weight": (("mlp", "up"), lambda w, d: w.T),
+    "mlp.down_proj.weight": (("mlp", "down"), lambda w, d: w.T),
+    "input_layernorm.weight": (("attn_norm", "scale"), lambda w, d: w),
+    "post_attention_layernorm.weight": (("mlp_norm", "scale"), lambda w, d: w),
+}
+
+
+class _ExportTensor(NamedTuple):
+    name: str
+    nbytes: int
+    fetch: Callable[[], np.ndarray]  # gathers only this tensor onto the host
+
+
+def _fetch(leaf, index: Optional[int], to_hf: Callable[[np.ndarray, int], np.ndarray], d: int):
+    """A thunk that gathers leaf[index] (one layer's slice) onto the host and lays it out as HF stores it."""
+    return lambda: np.ascontiguousarray(to_hf(np.asarray(leaf if index is None else leaf[index]), d))
+
+
+def _export_plan(config: LlamaConfig, params) -> List[_ExportTensor]:
+    """Every HF tensor of `params`, in file order, with its size known before anything is gathered."""
+    d, same = config.hidden_size, lambda w, d: w
+    embedding, norm = params["embed"]["embedding"], params["final_norm"]["scale"]
+    sources = [("model.embed_tokens.weight", embedding, _fetch(embedding, None, same, d)),
+               ("model.norm.weight", norm, _fetch(norm, None, same, d))]
+    for i in range(config.num_layers):
+        for suffix, ((group, leaf_name), to_hf) in _LAYER_EXPORT.items():
+            leaf = params["layers"][group][leaf_name]
+            sources.append((f"model.layers.{i}.{suffix}", leaf, _fetch(leaf, i, to_hf, d)))
+    if not config.tie_word_embeddings:
+        kernel = params["lm_head"]["kernel"]
+        sources.append(("lm_head.weight", kernel, _fetch(kernel, None, lambda w, d: w.T, d)))
+    shapes = tensor_shapes(config)
+    return [_ExportTensor(name, math.prod(shapes[name]) * np.dtype(leaf.dtype).itemsize, fetch)
+            for name, leaf, fetch in sources]
 
 
 def to_hf_tensors(config: LlamaConfig, params) -> Dict[str, np.ndarray]:
-    """The flat HF tensor dict (contiguous numpy arrays) for lsjax params."""
-    params = jax.tree.map(np.asarray, params)
-    tensors = {"model.embed_tokens.weight": params["embed"]["embedding"],
-               "model.norm.weight": params["final_norm"]["scale"]}
-    for i in range(config.num_layers):
-        layer = jax.tree.map(lambda x: x[i], params["layers"])
-        tensors.update({f"model.layers.{i}.{k}": v for k, v in _layer_to_hf(config, layer).items()})
-    if not config.tie_word_embeddings:
-        tensors["lm_head.weight"] = params["lm_head"]["kernel"].T
-    return {name: np.ascontiguousarray(t) for name, t in tensors.items()}
+    """The flat HF tensor dict (contiguous numpy arrays) for lsjax params (all of it on the host at once;
+    `save` gathers shard by shard instead)."""
+    return {t.name: t.fetch() for t in _export_plan(config, params)}
 
 
 def _atomic_write(file: Path, write) -> None:
@@ -318,30 +403,33 @@ def _atomic_write(file: Path, write) -> None:
 def save(path, config: LlamaConfig, params, *, tokenizer=None, max_shard_bytes: int = 2 ** 31) -> None:
     """Writes a Hugging Face Llama directory (config.json, safetensors weights, optional tokenizer).
 
-    Weights larger than max_shard_bytes are split into shards with an index, as transformers does.
+    Weights larger than max_shard_bytes are split into shards with an index, as transformers does. Each shard
+    is gathered from the devices tensor by tensor just before it is written, so host memory peaks near one
+    shard, not the whole model.
     """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = to_hf_tensors(config, params)
-    shards, current, size = [], {}, 0
-    for name, tensor in tensors.items():
+    plan = _export_plan(config, params)
+    shards, current, size = [], [], 0
+    for tensor in plan:
         if current and size + tensor.nbytes > max_shard_bytes:
             shards.append(current)
-            current, size = {}, 0
-        current[name] = tensor
+            current, size = [], 0
+        current.append(tensor)
         size += tensor.nbytes
     shards.append(current)
     metadata = {"format": "pt"}
+    gather = lambda shard: {t.name: t.fetch() for t in shard}  # one shard on the host at a time
     if len(shards) == 1:
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(shards[0], tmp, metadata=metadata))
+        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(gather(shards[0]), tmp, metadata=metadata))
         (directory / INDEX_NAME).unlink(missing_ok=True)
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_write(directory / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata=metadata))
-            weight_map.update({tensor_name: name for tensor_name in shard})
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+            _atomic_write(directory / name, lambda tmp, shard=shard: save_file(gather(shard), tmp, metadata=metadata))
+            weight_map.update({t.name: name for t in shard})
+        index = {"metadata": {"total_size": sum(t.nbytes for t in plan)}, "weight_map": weight_map}
         _atomic_write(directory / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
         (directory / WEIGHTS_NAME).unlink(missing_ok=True)
     _atomic_write(directory / "config.json",

@@ -220,6 +220,19 @@ def unembed(config: LlamaConfig, params: Params, x) -> jax.Array:
                       preferred_element_type=jnp.float32)
 
 
+def head_rows(config: LlamaConfig, params: Params, ids) -> jax.Array:
+    """The LM head's rows [K, D] for token ids [K]: a draft head over part of the vocabulary, no new params."""
+    if config.tie_word_embeddings:
+        return jnp.take(params["embed"]["embedding"], ids, axis=0)
+    return jnp.take(params["lm_head"]["kernel"], ids, axis=1).T
+
+
+def unembed_rows(config: LlamaConfig, params: Params, x, rows) -> jax.Array:
+    """`unembed` restricted to the head rows [K, D] of `head_rows`: float32 logits [..., K]."""
+    normed = RMSNorm(config).apply({"params": params["final_norm"]}, x)
+    return jnp.einsum("...d,kd->...k", normed, rows.astype(normed.dtype), preferred_element_type=jnp.float32)
+
+
 class LayersOutput(NamedTuple):
     x: jax.Array  # residual stream after layer stop-1, [B, T, D]
     cache: Optional[Tuple[jax.Array, jax.Array]]  # updated (k, v) buffers [L, B, S, KV, hd], if given

@@ -214,6 +214,24 @@ NEW_TOKENS = 5  # the prefill's token, then at least two rounds (a round emits a
 DRAWS = 8000
 
 
+@hsettings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 16), draft_vocab=st.sampled_from([1, 4, 20]),
+       lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3))
+def test_a_reduced_draft_vocabulary_keeps_greedy_output(seed, draft_vocab, lengths):
+    """Drafts from K of the 37 tokens (a random subset): fewer accepted, the same output as autoregressive."""
+    config = LlamaConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
+                         num_kv_heads=2, tie_word_embeddings=bool(seed % 2))
+    params = scaled_random_model(config, seed)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in lengths]
+    subset = np.sort(rng.permutation(config.vocab_size)[:draft_vocab])
+    out = generate(config, params, prompts, 12, strategy="self_speculative", exit_layer=1, num_speculations=3,
+                   draft_vocab=draft_vocab, knobs=Knobs.make(draft_ids=subset))
+    assert rows(out) == rows(generate(config, params, prompts, 12))
+    drafted = np.asarray(out.tokens)[np.asarray(out.kinds) == decoding.ACCEPTED_DRAFT]
+    assert np.isin(drafted, subset).all()
+
+
 def _exact_sequence_probabilities(config, params, knobs, sampling, length):
     """P(the first `length` generated tokens = s) for every s, an array [V] * length: the full model run over
     every continuation of PROMPT, after the same temperature / top-k / top-p."""
@@ -256,6 +274,8 @@ def _worst_pair_p_value(sequences, exact):
     (Sampling(greedy=False), Knobs.make(temperature=1.0), dict(exit_layer=1, num_speculations=2)),
     (Sampling(greedy=False, top_k=3), Knobs.make(temperature=0.7, top_p=0.9, confidence=0.5),
      dict(exit_layer=2, num_speculations=3, schedule="heuristic")),
+    (Sampling(greedy=False), Knobs.make(temperature=1.0, draft_ids=[0, 2, 3]),  # q = 0 for token 1
+     dict(exit_layer=1, num_speculations=2, draft_vocab=3)),
 ])
 def test_self_speculative_sampling_matches_the_full_model_over_several_rounds(sampling, knobs, speculation):
     """Every pair of consecutive tokens over two or more rounds: accepted drafts, residual draws, bonus tokens

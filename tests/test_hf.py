@@ -200,3 +200,97 @@ def test_corrupt_weights_file(hf_checkpoints, tmp_path):
     with pytest.raises(hf.CheckpointError) as err:
         hf.load(bad)
     _assert_one_line(err, hf.WEIGHTS_NAME, "unreadable")
+
+
+# --- lenient config.json: harmless fields warn once, computation-changing ones raise ---------------------------
+
+HARMLESS = {"_model_name_or_path": "some/where", "unk_token_id": 0, "sep_token_id": None, "max_length": 20,
+            "temperature": 0.7, "top_p": 0.9, "do_sample": True, "repetition_penalty": 1.1,
+            "quantization_config": {"quant_method": "gguf", "gguf_file": "model.gguf", "dequantize": False},
+            "a_future_flag": None, "another_one": False}
+
+
+def test_harmless_fields_are_ignored_with_one_warning(hf_checkpoints, tmp_path, capsys):
+    directory, _ = hf_checkpoints["llama2"]
+    config, _ = hf.load(directory)
+    assert capsys.readouterr().err == ""  # what transformers itself writes is read silently
+    lenient = _copy_checkpoint(directory, tmp_path / "ckpt", lambda raw: raw.update(HARMLESS))
+    assert hf.load_config(lenient) == config
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "config.json" in lines[0]
+    for key in HARMLESS:
+        assert repr(key) in lines[0], key
+
+
+def test_switched_off_computation_fields_are_silent(hf_checkpoints, tmp_path, capsys):
+    directory, _ = hf_checkpoints["llama2"]
+    off = dict(attention_bias=False, mlp_bias=False, sliding_window=None, use_sliding_window=False,
+               attn_logit_softcapping=None, final_logit_softcapping=None)
+    hf.load_config(_copy_checkpoint(directory, tmp_path / "ckpt", lambda raw: raw.update(off)))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("field,value", [
+    ("mlp_bias", True), ("sliding_window", 4096), ("attn_logit_softcapping", 50.0),
+    ("final_logit_softcapping", 30.0), ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
+    ("hidden_act", "gelu_pytorch_tanh"), ("a_future_scale", 2.0),
+    ("quantization_config", {"quant_method": "fp8", "weight_block_size": [128, 128]}),
+])
+def test_fields_that_change_the_computation_raise(hf_checkpoints, tmp_path, field, value):
+    directory, _ = hf_checkpoints["llama2"]
+    with pytest.raises(hf.CheckpointError) as err:
+        hf.load_config(_copy_checkpoint(directory, tmp_path / "ckpt", lambda raw: raw.update({field: value})))
+    _assert_one_line(err, "config.json", field if field != "rope_scaling" else "linear")
+
+
+def test_integer_weights_are_rejected(hf_checkpoints, tmp_path):
+    """Packed quantised weights (int8, uint8) would otherwise be cast to floats silently."""
+    from safetensors.numpy import save_file
+    directory, _ = hf_checkpoints["llama2"]
+    bad = _copy_checkpoint(directory, tmp_path / "ckpt")
+    tensors = load_file(bad / hf.WEIGHTS_NAME)
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].astype(np.int8)
+    save_file(tensors, bad / hf.WEIGHTS_NAME)
+    with pytest.raises(hf.CheckpointError) as err:
+        hf.load(bad)
+    _assert_one_line(err, "model.layers.0.mlp.up_proj.weight", "int8", "bfloat16")
+
+
+def test_load_tensors_takes_any_reader(hf_checkpoints):
+    """`load_tensors` needs only `.get(name, shape, dtype)`: a dict of tensors loads like the directory."""
+    directory, _ = hf_checkpoints["llama3.2"]
+    config, params = hf.load(directory)
+    tensors = load_file(directory / hf.WEIGHTS_NAME)
+    asked = []
+
+    class Reader:
+        def get(self, name, shape, dtype):
+            asked.append(name)
+            assert tensors[name].shape == shape
+            return tensors[name].astype(dtype)
+
+    for a, b in zip(jax_leaves(hf.load_tensors(config, Reader())), jax_leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(asked) == sorted(hf.tensor_shapes(config))
+
+
+def test_save_gathers_one_shard_at_a_time(hf_checkpoints, tmp_path, monkeypatch):
+    """Export fetches each tensor from the devices just before its shard is written, never the whole model."""
+    directory, _ = hf_checkpoints["llama3"]
+    config, params = hf.load(directory)
+    fetched, written = [], []
+    real_fetch, real_save_file = hf._fetch, hf.save_file
+
+    def counting_fetch(*args):
+        thunk = real_fetch(*args)
+        return lambda: fetched.append(1) or thunk()
+
+    def recording_save_file(tensors, *args, **kwargs):
+        written.append((len(fetched), len(tensors)))
+        return real_save_file(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "_fetch", counting_fetch)
+    monkeypatch.setattr(hf, "save_file", recording_save_file)
+    hf.save(tmp_path, config, params, max_shard_bytes=40_000)
+    # when shard k is written, only shards 1..k have been fetched
+    assert len(written) > 2 and [n for n, _ in written] == list(np.cumsum([k for _, k in written]))

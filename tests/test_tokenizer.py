@@ -243,3 +243,57 @@ def test_train_bpe_rejects_missing_files_and_tiny_vocab(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="too small"):
         tk.train_bpe([tmp_path / "a.py"], 100)
+
+
+# --- BOS as the checkpoint's own tokenizer adds it ----------------------------------------------------------------
+
+def test_adds_bos_follows_the_post_processor(trained, saved, llama3_dir):
+    assert trained.adds_bos and tk.load(saved).adds_bos  # lsjax's own, Llama-2-like: BOS by default
+    tok = tk.load(llama3_dir)  # Llama 3: a Sequence whose TemplateProcessing starts with <|begin_of_text|>
+    assert tok.adds_bos and tok.encode("hello")[0] == 259
+
+
+def smollm2_like(directory: Path, tokenizer_config: dict | None = None) -> Path:
+    """Llama 3's tokenizer.json with SmolLM2's post-processor: ByteLevel only, so no BOS."""
+    content = llama3_tokenizer_json()
+    content["post_processor"] = content["post_processor"]["processors"][0]
+    (directory / "tokenizer.json").write_text(json.dumps(content), encoding="utf-8")
+    (directory / "config.json").write_text(json.dumps({"bos_token_id": 259, "eos_token_id": 260}))
+    if tokenizer_config is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return directory
+
+
+def test_no_bos_when_the_tokenizer_adds_none(tmp_path, tmp_path_factory):
+    tok = tk.load(smollm2_like(tmp_path))
+    body = tok.encode("hello", add_bos=False)
+    assert not tok.adds_bos and tok.encode("hello") == body and tok.encode_batch(["hello"]) == [body]
+    assert tok.encode("hello", add_bos=True) == [259, *body]  # data preparation still asks for it explicitly
+    from lsjax import generation
+    assert generation.encode_prompts(tok, ["hello"]).tokens[0, :len(body)].tolist() == body
+    # saved and reloaded it still adds none, and transformers agrees
+    saved_dir = tok.save(tmp_path_factory.mktemp("no-bos-saved"))
+    assert not tk.load(saved_dir).adds_bos
+    assert json.loads((saved_dir / "tokenizer_config.json").read_text())["add_bos_token"] is False
+    assert_transformers_parity(tok, saved_dir, TRICKY)
+
+
+def test_add_bos_token_decides_without_a_template(tmp_path):
+    assert tk.load(smollm2_like(tmp_path, {"add_bos_token": True, "bos_token": "<|begin_of_text|>"})).adds_bos
+
+
+def test_missing_bos_with_adds_bos_raises(saved):
+    bare = tk.Tokenizer(tokenizers.Tokenizer.from_file(str(saved / "tokenizer.json")), eos_ids=(2,), adds_bos=True)
+    with pytest.raises(tk.TokenizerError, match="adds_bos=True, but this tokenizer has no BOS"):
+        bare.encode("a")
+
+
+def test_chat_template_round_trips(trained, tmp_path):
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    tok = tk.Tokenizer(trained._tok, bos_id=1, eos_ids=(2,), pad_id=0, chat_template=template)
+    saved_dir = tok.save(tmp_path / "chat")
+    assert tk.load(saved_dir).chat_template == template
+    transformers = pytest.importorskip("transformers", reason="parity with AutoTokenizer needs transformers")
+    assert transformers.AutoTokenizer.from_pretrained(saved_dir).chat_template == template
+    (saved_dir / "chat_template.jinja").write_text("{{ messages }}")  # transformers 5 writes it there
+    assert tk.load(saved_dir).chat_template == "{{ messages }}"

@@ -59,7 +59,7 @@ def _walk(root: Path, suffixes, excluded, max_files: int | None) -> list[Path]:
     return files[:max_files] if max_files else files
 
 
-def _read_text(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -103,7 +103,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             key = path.relative_to(root).as_posix()
             if path.suffix == ".jsonl":
                 yield from _jsonl_documents(path, key, config.text_field)
-            elif (text := _read_text(path)) is not None:
+            elif (text := read_text(path)) is not None:
                 yield key, text
 
     def _split_generators(self, dl_manager):

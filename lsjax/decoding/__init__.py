@@ -44,4 +44,6 @@ def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, pro
     decode_state = state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
                                    knobs, max_length=max_length, depth=depth, cache_layers=depth)
     round_fn = functools.partial(_ROUNDS[settings.strategy], config, params, settings, knobs)
+    if settings.strategy == "self_speculative":
+        round_fn = functools.partial(round_fn, rows=self_speculative.draft_rows(config, params, settings, knobs))
     return state_lib.output(settings, state_lib.loop(round_fn, decode_state, on_round))

@@ -27,10 +27,12 @@ class Knobs(NamedTuple):
     temperature: jax.Array  # float32 []: > 0 when sampling; unused when greedy
     top_p: jax.Array  # float32 []: in (0, 1]
     confidence: jax.Array  # float32 []: stop drafting a round when the draft's top probability falls below
+    draft_ids: jax.Array  # int32 [K]: the token ids the draft head may propose (Settings.draft_vocab = K)
 
     @classmethod
-    def make(cls, temperature: float = 1.0, top_p: float = 1.0, confidence: float = 0.0) -> "Knobs":
-        return cls(jnp.float32(temperature), jnp.float32(top_p), jnp.float32(confidence))
+    def make(cls, temperature: float = 1.0, top_p: float = 1.0, confidence: float = 0.0, draft_ids=()) -> "Knobs":
+        return cls(jnp.float32(temperature), jnp.float32(top_p), jnp.float32(confidence),
+                   jnp.asarray(draft_ids, jnp.int32).reshape(-1))
 
 
 def distribution(sampling: Sampling, knobs: Knobs, logits) -> jax.Array:

@@ -33,7 +33,23 @@ def _shallow(config, params, settings, cache, tokens, at):
     return out.x[:, 0], cache
 
 
-def _draft(config, params, settings: Settings, knobs, state: DecodeState, key):
+def draft_rows(config, params, settings: Settings, knobs):
+    """The head rows [K, D] of a reduced draft vocabulary (settings.draft_vocab = K, ids knobs.draft_ids),
+    gathered once per decode; None for the whole head."""
+    return model.head_rows(config, params, knobs.draft_ids) if settings.draft_vocab else None
+
+
+def _draft_logits(config, params, knobs, rows, x):
+    """Exit states [B, D] -> draft logits [B, V]. With draft rows only those K tokens are scored; every
+    other token gets -inf, so q is 0 outside the subset: greedy drafts come from the subset and the sampling
+    rule stays exact (the verification is over the whole vocabulary)."""
+    if rows is None:
+        return model.unembed(config, params, x)
+    subset = model.unembed_rows(config, params, x, rows)
+    return jnp.full((x.shape[0], config.vocab_size), -jnp.inf, jnp.float32).at[:, knobs.draft_ids].set(subset)
+
+
+def _draft(config, params, settings: Settings, knobs, rows, state: DecodeState, key):
     """Up to d draft steps: (cache, exit states [B, d + 1, D], drafts [B, d], draft probs [B, d, V] or None,
     drafts per row n [B])."""
     d, batch = settings.num_speculations, state.last.shape[0]
@@ -49,7 +65,7 @@ def _draft(config, params, settings: Settings, knobs, state: DecodeState, key):
         i, cache, token, exits, drafts, probs, n, drafting = carry
         x, cache = _shallow(config, params, settings, cache, token, base + i)
         exits = lax.dynamic_update_slice_in_dim(exits, x[:, None], i, axis=1)
-        logits = model.unembed(config, params, x)
+        logits = _draft_logits(config, params, knobs, rows, x)
         q = sampling.distribution(settings.sampling, knobs, logits)
         token = sampling.pick(settings.sampling, jax.random.fold_in(key, i), q)
         drafts = lax.dynamic_update_slice_in_dim(drafts, token[:, None], i, axis=1)
@@ -100,12 +116,13 @@ def _accept_sampled(p, q, drafts, n, key):
     return accepted, jax.random.categorical(residual_key, jnp.log(final), axis=-1).astype(jnp.int32)
 
 
-def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState) -> DecodeState:
-    """Draft, verify, accept and roll back once for every row (module docstring)."""
+def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
+            rows=None) -> DecodeState:
+    """Draft, verify, accept and roll back once for every row (module docstring); rows: `draft_rows`."""
     d = settings.num_speculations
     key, draft_key, accept_key = jax.random.split(state.key, 3)
     base = state.cache.length
-    cache, exits, drafts, q, n = _draft(config, params, settings, knobs, state, draft_key)
+    cache, exits, drafts, q, n = _draft(config, params, settings, knobs, rows, state, draft_key)
     deep, cache = kvcache.run_cached_layers(config, params, cache, exits, settings.exit_layer, config.num_layers,
                                             write_index=base)
     logits = model.unembed(config, params, deep.x)  # [B, d + 1, V]

@@ -35,6 +35,7 @@ class Settings(NamedTuple):
     eos_ids: Tuple[int, ...] = ()
     pad_id: int = 0
     output_size: int = 64  # static room for generated tokens; the traced budget is at most this
+    draft_vocab: int = 0  # K > 0: drafts come from the K tokens of knobs.draft_ids only (0: the whole vocabulary)
 
     @property
     def slack(self) -> int:
