@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lsjax.config import ConfigError, LlamaConfig, RopeScaling
+from lsjax.config import ConfigError, LlamaConfig, RopeScaling, check_hf_types
 from lsjax.errors import InputError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -125,6 +125,7 @@ def _check_quantization(note: Any, where: str) -> None:
 def config_from_hf(raw: Dict[str, Any], where: str = "config.json", param_dtype: Optional[str] = None,
                    dtype: Optional[str] = None) -> LlamaConfig:
     """An lsjax config from a parsed Hugging Face Llama config.json; rejects what lsjax would compute wrongly."""
+    check_hf_types(raw, where)
     if raw.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{where}: model_type={raw.get('model_type')!r}, expected 'llama'")
     _check_fields(raw, where)

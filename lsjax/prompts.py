@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -11,8 +12,19 @@ from typing import Dict, List, Sequence
 from lsjax.errors import InputError
 
 
+MAX_PROMPT_BYTES = 16 * 2 ** 20  # millions of tokens: more than any model's context, read in a blink
+
+
 def read_text_file(path: Path) -> str:
+    """The text of a regular file of at most MAX_PROMPT_BYTES: a device (/dev/zero), a pipe or a directory
+    would never end or not be text, and a huge file could not fit a context anyway."""
     try:
+        info = Path(path).stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"--prompt-file {path}: not a regular file")
+        if info.st_size > MAX_PROMPT_BYTES:
+            raise InputError(f"--prompt-file {path}: {info.st_size:,} bytes; expected at most "
+                             f"{MAX_PROMPT_BYTES // 2 ** 20} MiB (more text than any model's context holds)")
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"--prompt-file {path}: unreadable ({err.__class__.__name__})") from None

@@ -3,18 +3,26 @@
 Everything a resumed run needs is in the checkpoint (params, optimizer state, step, data iterator
 position); random draws derive from (seed, step, sample index), so a run killed at any point and
 resumed ends bit-identical to an uninterrupted one on the same machine.
+
+Nothing is lost (docs/robustness.md): one run at a time holds the workdir (`lsjax.workdir.locked`); a
+resume may not change what the checkpoints mean (`train_config.resume_changes`); every finished step is
+sealed by a checksum manifest and a resume starts from the newest intact step (`checkpoints.restore_newest`),
+setting newer damaged ones aside; a non-finite loss or gradient norm stops the run before anything is saved
+(`DivergedError`), unless train.skip_nonfinite_steps drops such updates inside the compiled step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shutil
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +34,17 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from lsjax import checkpoints, data, hf, model, objective, plots, sharding, tokenizer as tokenizer_lib
-from lsjax.config import LlamaConfig
+from lsjax import train_config, workdir as workdir_lib
+from lsjax.config import ConfigError, LlamaConfig
 from lsjax.train_config import validate_train_config
 
 METRICS_FILE = "metrics.jsonl"
+DAMAGED_CHECKPOINTS = "checkpoints-damaged"  # where a resume moves steps newer than the one it restored
+
+
+class DivergedError(RuntimeError):
+    """A non-finite loss or gradient norm stopped the run (train.py exits 3): nothing was saved or exported
+    after it, so the newest checkpoint holds the last good state."""
 
 
 # --- optimiser ---------------------------------------------------------------------------------------------
@@ -54,11 +69,14 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
 
 # --- the step ---------------------------------------------------------------------------------------------
 
-def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state, batch):
+def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state, batch, *,
+               skip_nonfinite: bool = False):
     """One optimiser update over a global batch split into `grad_accum` micro-batches (summed in a scan).
 
     Micro-batch i holds rows i, i + grad_accum, i + 2 grad_accum, ...: every device keeps working on its own
-    rows in every micro-batch (contiguous blocks would each live on a few devices)."""
+    rows in every micro-batch (contiguous blocks would each live on a few devices). metrics["nonfinite"] is 1
+    when the loss or the gradient norm is not finite; with skip_nonfinite the update is then dropped here, by
+    a select inside the compiled step (params and optimizer state stay as they were, the step still counts)."""
     step = state["step"]
     micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:]),
                                                 0, 1), batch)
@@ -77,8 +95,13 @@ def train_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_ac
     params = optax.apply_updates(state["params"], updates)
     layers = stats.pop("layers")[0]
     stats = jax.tree.map(lambda x: jnp.mean(x, axis=0), stats)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(stats["loss"]) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+                                         (state["params"], state["opt_state"]))
     per_layer = lambda v: jnp.full((config.num_layers,), jnp.nan).at[layers].set(v)
-    metrics = {"loss": stats["loss"], "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": stats["loss"], "grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
                "layer_loss": per_layer(stats["layer_loss"]), "layer_accuracy": per_layer(stats["layer_accuracy"])}
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
@@ -92,11 +115,12 @@ def _traced_under(mesh, fn):
 
 
 def sharded_step(config: LlamaConfig, recipe: objective.Recipe, optimizer, grad_accum: int, state_shardings,
-                 batch_shardings):
+                 batch_shardings, *, skip_nonfinite: bool = False):
     """`train_step` jitted over the mesh with explicit in/out shardings; the state is donated (updated in place).
     It is traced under the mesh, so that the model's activation constraints apply."""
     mesh = state_shardings["step"].mesh
-    step = _traced_under(mesh, functools.partial(train_step, config, recipe, optimizer, grad_accum))
+    step = _traced_under(mesh, functools.partial(train_step, config, recipe, optimizer, grad_accum,
+                                                 skip_nonfinite=skip_nonfinite))
     return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
 
@@ -216,57 +240,184 @@ def _with_sample_index(batch, step: int, batch_size: int, process_index: int = 0
     return batch
 
 
+class DivergenceGuard:
+    """Reads the steps' non-finite flags at log, eval and save points rather than after every step (a read
+    waits for the device, which would stall the pipeline): a diverged run stops before its state is logged
+    as good, evaluated or saved. With skipping on, the flagged steps (whose updates the compiled step dropped)
+    are only counted."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.pending: List[Tuple[int, jax.Array]] = []  # (step, its non-finite flag, still on the device)
+        self.skipped = 0  # flagged steps read since the last `take_skipped`
+
+    def add(self, step: int, flag) -> None:
+        self.pending.append((step, flag))
+
+    def check(self, last_checkpoint: Optional[int]) -> None:
+        """Raises DivergedError at the first flagged step (unless skipping)."""
+        flags = jax.device_get([flag for _, flag in self.pending])
+        bad = [step for (step, _), flag in zip(self.pending, flags) if flag]
+        self.pending = []
+        if bad and not self.skip:
+            kept = ("no checkpoint was saved" if last_checkpoint is None
+                    else f"checkpoint {last_checkpoint} holds the last good state")
+            raise DivergedError(f"step {bad[0]}: the loss or gradient norm is not finite; stopped without saving "
+                                f"or exporting ({kept}); lower train.learning_rate, or set "
+                                f"train.skip_nonfinite_steps=True to skip such steps")
+        self.skipped += len(bad)
+
+    def take_skipped(self) -> int:
+        count, self.skipped = self.skipped, 0
+        return count
+
+
 def run(cfg, workdir) -> Dict[str, Any]:
-    """Trains (or resumes) per `cfg` in `workdir`; returns the last held-out evaluation."""
+    """Trains (or resumes) per `cfg` in `workdir`; returns the last held-out evaluation.
+
+    Bad configs, workdirs and checkpoints raise one-line `InputError`s before anything but the lock file is
+    written; a non-finite loss or gradient norm raises `DivergedError` (see `DivergenceGuard`)."""
     validate_train_config(cfg)
     if cfg.mesh.distributed:  # multi-host: JAX's own runtime finds the coordinator (TPU pods, SLURM, ...)
         jax.distributed.initialize()
+    held = (workdir_lib.locked(workdir) if jax.process_index() == 0 else  # one lock for all processes
+            contextlib.nullcontext(workdir_lib.prepare(workdir)))
+    with held as path:
+        return _train(cfg, path)
+
+
+def _train(cfg, workdir: Path) -> Dict[str, Any]:
+    """`run` once the workdir is held: checks, setup, resume (or a fresh state), the loop, the export."""
     mesh = sharding.make_mesh(sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    changes = _resume_changes(cfg, workdir)
     t = cfg.train
     train_source, eval_source = data.sources(cfg.data)
     tok = _tokenizer(cfg, workdir)
     config = checkpoints.model_config(cfg, tok)
+    if cfg.init_from:  # (a model from the config's own keys was checked by validate_train_config)
+        train_config.check_train_memory(config)
     processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batches = data.make_batches(train_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
                                 seed=t.seed, shuffle_window=cfg.data.shuffle_window, **processes)
     optimizer = make_optimizer(t)
-    recipe = objective.Recipe.from_config(t)
-    schedule = lr_schedule(t)
-
-    manager = ocp.CheckpointManager(
-        (workdir / checkpoints.WORKDIR_CHECKPOINTS).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
-                                             enable_async_checkpointing=True))
     abstract = abstract_state(config, optimizer)
     shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer, abstract)
-    latest = manager.latest_step()
-    if latest is None:
-        state = _initial_state(cfg, config, optimizer, shardings)
-    else:  # onto this run's mesh, whatever mesh saved it
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_with_shardings(abstract, shardings)), data=ocp.args.JsonRestore()))
-        state = restored.state
-        batches.set_state(restored.data)
-        print(f"resumed from step {latest} in {workdir}", file=sys.stderr)
-
     rows = batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
-    step_fn = sharded_step(config, recipe, optimizer, t.grad_accum, shardings, rows)
+    step_fn = sharded_step(config, objective.Recipe.from_config(t), optimizer, t.grad_accum, shardings, rows,
+                           skip_nonfinite=t.skip_nonfinite_steps)
     eval_fn = sharded_eval(config, t.loss_chunk_size, shardings["params"], rows)
     global_batch = lambda batch: {key: jax.make_array_from_process_local_data(rows[key], value)
                                   for key, value in batch.items()}
     eval_batches = lambda: map(global_batch, data.eval_batches(
         eval_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size, num_batches=t.eval_batches,
         **processes))
+    manager = ocp.CheckpointManager(
+        (workdir / checkpoints.WORKDIR_CHECKPOINTS).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
+                                             enable_async_checkpointing=True))
+    try:  # closed on every path: an exception must not leave orbax's threads holding the process
+        if checkpoints.step_dirs(workdir):  # onto this run's mesh, whatever mesh saved it
+            state = _resume(cfg, workdir, manager, batches, _with_shardings(abstract, shardings), changes)
+        else:
+            state = _initial_state(cfg, config, optimizer, shardings)
+            _write_config(cfg, workdir)
+        state, last_eval = _loop(cfg, workdir, manager, state, batches, step_fn, global_batch,
+                                 lambda params: evaluate(eval_fn, params, eval_batches()))
+    finally:
+        manager.close()
+        _seal(workdir)
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
+    params = multihost_utils.process_allgather(state["params"], tiled=True)  # host arrays on every process
+    if jax.process_index() == 0:
+        exported = config.replace(param_dtype=cfg.export_dtype or config.param_dtype)
+        hf.save(export_dir, exported, jax.tree.map(lambda p: np.asarray(p, exported.jnp_param_dtype), params),
+                tokenizer=tok)
+    return {"step": int(state["step"]), "eval": last_eval, "export_dir": str(export_dir)}
+
+
+def _resume_changes(cfg, workdir: Path) -> Dict[str, list]:
+    """What this run changes in the config its workdir's checkpoints were trained with, {key: [old, new]};
+    a one-line ConfigError, before anything is written, when a change would make the checkpoints mean
+    something else (`train_config.RESUME_FROZEN`: the model's shape, the tokenizer, the data stream)."""
+    if not (workdir / "config.json").exists() or not checkpoints.step_dirs(workdir):
+        return {}
+    refused, allowed = train_config.resume_changes(checkpoints.read_train_config(workdir), cfg)
+    if refused:
+        raise ConfigError(f"{workdir}: a resume cannot change " + ", ".join(
+            f"{key} ({old!r} -> {new!r})" for key, (old, new) in refused.items()) + " (its checkpoints were "
+            "trained with the values in config.json); train in a new workdir to change them")
+    return {key: [old, new] for key, (old, new) in allowed.items()}
+
+
+def _write_config(cfg, workdir: Path) -> None:
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg.to_json(indent=2))
+
+
+def _resume(cfg, workdir: Path, manager, batches, target, changes: Dict[str, list]):
+    """The train state of the newest intact checkpoint, with the data iterator set to its position. Newer
+    steps, which could not be used, are moved aside: left in place, orbax would neither save those steps
+    again nor count them right when deleting old ones. Then config.json and the resume (its step and the
+    config's changes) are recorded."""
+    def restore(step: int):
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                 data=ocp.args.JsonRestore()))
+        batches.set_state(restored.data)
+        return restored.state
+
+    step, state = checkpoints.restore_newest(workdir, restore)
+    if jax.process_index() == 0:
+        _set_aside(workdir, [newer for newer in checkpoints.step_dirs(workdir) if newer > step])
+        _write_config(cfg, workdir)
+        MetricsLog(workdir / METRICS_FILE).write("resume", step, changed=changes)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("lsjax: damaged steps set aside")
+    manager.reload()
+    print(f"resumed from step {step} in {workdir}", file=sys.stderr)
+    return state
+
+
+def _set_aside(workdir: Path, steps: List[int]) -> None:
+    """Moves these step directories to WORKDIR/checkpoints-damaged (kept for inspection, never deleted)."""
+    if not steps:
+        return
+    target = workdir / DAMAGED_CHECKPOINTS
+    target.mkdir(exist_ok=True)
+    for step in steps:
+        destination, copy = target / str(step), 0
+        while destination.exists():
+            copy += 1
+            destination = target / f"{step}.{copy}"
+        shutil.move(checkpoints.step_dirs(workdir)[step], destination)
+    print(f"warning: moved the unusable steps {steps} to {target}; this run saves them anew", file=sys.stderr)
+
+
+def _seal(workdir: Path) -> None:
+    """Manifests for the finished steps (see `checkpoints.seal`); one process writes them."""
+    if jax.process_index() == 0:
+        checkpoints.seal(workdir)
+
+
+def _save(manager, workdir: Path, step: int, state, batches) -> None:
+    """Starts the asynchronous save of `step`, once the previous save has finished and is sealed (the save
+    would wait for it anyway, and sealing needs orbax idle: it finalises and deletes steps on its threads)."""
+    manager.wait_until_finished()
+    _seal(workdir)
+    manager.save(step, force=True, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data=ocp.args.JsonSave(batches.get_state())))
+
+
+def _loop(cfg, workdir: Path, manager, state, batches, step_fn, global_batch, evaluate_params):
+    """Trains from the state's step to train.steps: logs, evaluates, saves and seals, stops on Ctrl-C (after
+    saving) or divergence (before saving). Returns (state, the last evaluation)."""
+    t = cfg.train
+    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
     log = MetricsLog(workdir / METRICS_FILE)
+    schedule = lr_schedule(t)
+    guard = DivergenceGuard(t.skip_nonfinite_steps)
     step = int(state["step"])
     tokens_per_step = t.batch_size * cfg.data.seq_len
-    last_eval = None
-    save = lambda force: manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())))
+    last_eval, sealed = None, True
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     try:
         with StopRequest() as stop:
@@ -276,37 +427,38 @@ def run(cfg, workdir) -> Dict[str, Any]:
                 state, metrics = step_fn(state, batch)
                 step += 1
                 window_steps += 1
-                if step % t.log_every == 0 or step == t.steps:
+                guard.add(step, metrics.pop("nonfinite"))
+                stopping, final = stop.requested, step == t.steps
+                log_due, eval_due = step % t.log_every == 0 or final, step % t.eval_every == 0 or final
+                save_due = final or stopping or manager.should_save(step)
+                if log_due or eval_due or save_due:
+                    guard.check(manager.latest_step())
+                if log_due:
                     metrics = jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)
-                    elapsed = time.perf_counter() - window_start
-                    tps = window_steps * tokens_per_step / elapsed
-                    log.write("train", step, tokens_per_second=tps, learning_rate=float(schedule(step - 1)), **metrics)
+                    tps = window_steps * tokens_per_step / (time.perf_counter() - window_start)
+                    log.write("train", step, tokens_per_second=tps, learning_rate=float(schedule(step - 1)),
+                              skipped_steps=guard.take_skipped(), **metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tps:,.0f}")
                     window_start, window_steps = time.perf_counter(), 0
-                if step % t.eval_every == 0 or step == t.steps:
-                    last_eval = evaluate(eval_fn, state["params"], eval_batches())
+                if eval_due:
+                    last_eval = evaluate_params(state["params"])
                     log.write("eval", step, **last_eval)
                     plots.training_curves(workdir / METRICS_FILE, workdir / "plots")
-                save(step == t.steps)
+                if save_due:
+                    _save(manager, workdir, step, state, batches)
+                    sealed = False
+                elif not sealed and not manager.is_saving_in_progress():  # seal as soon as orbax is done
+                    _seal(workdir)
+                    sealed = True
                 bar.update(1)
-                if stop.requested:
-                    manager.wait_until_finished()
-                    if step not in manager.all_steps():
-                        save(True)
+                if stopping:
                     manager.wait_until_finished()
                     print(f"\ninterrupted: saved step {step} to {workdir}; run the same command to resume",
                           file=sys.stderr)
                     raise KeyboardInterrupt
     finally:
         bar.close()
-    manager.wait_until_finished()
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
-    params = multihost_utils.process_allgather(state["params"], tiled=True)  # host arrays on every process
-    if jax.process_index() == 0:
-        exported = config.replace(param_dtype=cfg.export_dtype or config.param_dtype)
-        hf.save(export_dir, exported, jax.tree.map(lambda p: np.asarray(p, exported.jnp_param_dtype), params),
-                tokenizer=tok)
-    return {"step": step, "eval": last_eval, "export_dir": str(export_dir)}
+    return state, last_eval
 
 
 def abstract_state(config, optimizer):

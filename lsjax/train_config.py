@@ -6,14 +6,54 @@ The allowed names come from the modules that implement them, so the checks canno
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+from typing import Any, Dict, Tuple
+
+import jax
+import numpy as np
 
 from lsjax import data, early_exit, layer_dropout
-from lsjax.config import DTYPES, ConfigError, LlamaConfig, RopeScaling
+from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScaling, require_memory
+
+# Keys a resume may not change, because the checkpoint or the data iterator's position would no longer mean
+# what it meant: the params' shapes and values (every model key but the compute dtype, remat and attention,
+# which change only memory and speed), the tokenizer (ids), the dataset and how it is packed and shuffled
+# (the iterator state counts rows), and the seed and global batch size (layer-dropout draws derive from
+# seed, step and sample index). Everything else (steps, optimiser and schedule, LayerSkip recipe, intervals,
+# mesh, export, data_dir) may change on resume; the changes are recorded.
+RESUME_FROZEN = ("model.", "tokenizer.", "init_from", "data.", "train.seed", "train.batch_size")
+RESUME_FREE = ("model.dtype", "model.remat", "model.attention", "data.data_dir")
+OPTIONAL_KEYS = ("model.rope_scaling",)  # read by `model_config_from` when a config sets it
 
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: expected {allowed}")
+
+
+def _finite(value) -> bool:
+    """A finite real number (NaN compares false with everything, so range checks alone let it through)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _unknown_key(key: str, known) -> str:
+    """The message for a key that is not in `known`, with the closest known name as a suggestion."""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known], n=1)
+    return f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def check_config_keys(cfg, reference, where: str) -> None:
+    """A config file must set exactly the keys of `reference` (configs/base.py's defaults), as flags must: a
+    typo (`cfg.train.p_mx = 0.5`) would otherwise train with the default, and a missing key fail mid-run."""
+    have, want = _flat(cfg), _flat(reference)
+    unknown = sorted(k for k in have.keys() - want.keys() if not k.startswith(OPTIONAL_KEYS))
+    if unknown:
+        section = unknown[0].rpartition(".")[0]
+        raise ConfigError(f"{where}: " + _unknown_key(unknown[0], [k for k in want if k.startswith(section)]))
+    missing = sorted(want.keys() - have.keys())
+    if missing:
+        raise ConfigError(f"{where}: missing config key {missing[0]!r} (start from configs/base.py's get_config())")
 
 
 def model_config_from(cfg) -> LlamaConfig:
@@ -25,8 +65,37 @@ def model_config_from(cfg) -> LlamaConfig:
     known = {f.name for f in dataclasses.fields(LlamaConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown key (expected one of {sorted(known)})")
+        raise ConfigError(_unknown_key(f"model.{unknown[0]}", known))
     return LlamaConfig(**fields)
+
+
+def check_train_memory(config: LlamaConfig) -> None:
+    """The params, their gradients and two Adam moments must fit in this process's devices before anything is
+    allocated: a model too large for the machine is then one line, not an abort in XLA or a swap storm."""
+    state_bytes = 4 * config.num_params() * np.dtype(config.jnp_param_dtype).itemsize // jax.process_count()
+    require_memory(f"the train state (params, gradients and Adam moments) of a {config.num_params():,}-param model "
+                   f"(hidden_size={config.hidden_size})", state_bytes, jax.local_devices())
+
+
+def resume_changes(old, new) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tuple[Any, Any]]]:
+    """(refused, allowed): the keys whose values differ between a workdir's training config and a resuming
+    run's, as {key: (old, new)}, split by whether a resume may change them (`RESUME_FROZEN`)."""
+    before, after = _flat(old), _flat(new)
+    changed = {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+               if before.get(key) != after.get(key)}
+    frozen = lambda key: key.startswith(RESUME_FROZEN) and key not in RESUME_FREE
+    return ({k: v for k, v in changed.items() if frozen(k)}, {k: v for k, v in changed.items() if not frozen(k)})
+
+
+def _flat(cfg, prefix: str = "") -> Dict[str, Any]:
+    """{'train.p_max': 0.1, ...} from a (nested) ConfigDict or dict; JSON-normalised (tuples become lists)."""
+    out = {}
+    for key, value in dict(cfg).items():
+        if hasattr(value, "items"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def validate_train_config(cfg) -> None:
@@ -42,16 +111,27 @@ def validate_train_config(cfg) -> None:
            t.layer_dropout_time_scale, f"one of {list(layer_dropout.TIME_SCALES)}")
     _check(t.curriculum in early_exit.CURRICULA, "train.curriculum", t.curriculum, f"one of {list(early_exit.CURRICULA)}")
     _check(isinstance(t.rotation, int) and t.rotation >= 1, "train.rotation", t.rotation, "an integer R >= 1")
-    _check(t.self_distill_beta >= 0.0, "train.self_distill_beta", t.self_distill_beta, "a number >= 0")
     for key in ("steps", "batch_size", "grad_accum", "loss_chunk_size", "log_every", "eval_every",
                 "eval_batches", "checkpoint_every", "keep_checkpoints"):
         value = t[key]
         _check(isinstance(value, int) and value >= 1, f"train.{key}", value, "a positive integer")
-    _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
+    # warmup may outlast `steps`: a run raised to more steps on resume then keeps the same schedule so far
+    _check(isinstance(t.warmup_steps, int) and t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps,
+           "an integer >= 0")
     _check(t.batch_size % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
            f"a divisor of train.batch_size={t.batch_size}")
-    _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a positive number")
-    _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "a positive number")
+    _check(isinstance(t.seed, int) and 0 <= t.seed < SEED_LIMIT, "train.seed", t.seed,
+           "an integer in [0, 2**32)")
+    for key in ("learning_rate", "grad_clip"):
+        _check(_finite(t[key]) and t[key] > 0, f"train.{key}", t[key], "a finite positive number")
+    _check(_finite(t.end_lr_ratio) and 0 <= t.end_lr_ratio <= 1, "train.end_lr_ratio", t.end_lr_ratio,
+           "a number in [0, 1] (the final learning rate over the peak)")
+    for key in ("b1", "b2"):
+        _check(_finite(t[key]) and 0 <= t[key] < 1, f"train.{key}", t[key], "a number in [0, 1) (Adam's decay)")
+    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
+           "a finite number >= 0")
+    _check(_finite(t.self_distill_beta) and t.self_distill_beta >= 0, "train.self_distill_beta",
+           t.self_distill_beta, "a finite number >= 0")
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         _check(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
@@ -64,3 +144,4 @@ def validate_train_config(cfg) -> None:
         config = model_config_from(cfg)
         _check(d.seq_len <= config.max_position_embeddings, "data.seq_len", d.seq_len,
                f"at most model.max_position_embeddings={config.max_position_embeddings}")
+        check_train_memory(config)  # (an init_from model is checked once its config is read)

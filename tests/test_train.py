@@ -202,6 +202,16 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path, data_dir):
     ("mesh.tensor", 0, "mesh.tensor=0"),
     ("model.remat", "sometimes", "model.remat='sometimes'"),
     ("model.attention", "flashy", "model.attention='flashy'"),
+    ("train.learning_rate", float("inf"), "train.learning_rate=inf"),
+    ("train.end_lr_ratio", float("nan"), "train.end_lr_ratio=nan"),
+    ("train.end_lr_ratio", 1.5, "train.end_lr_ratio=1.5"),
+    ("train.b1", 5.0, "train.b1=5.0"),
+    ("train.b2", 1.0, "train.b2=1.0"),
+    ("train.weight_decay", -100.0, "train.weight_decay=-100.0"),
+    ("train.grad_clip", 0.0, "train.grad_clip=0.0"),
+    ("train.warmup_steps", -1, "train.warmup_steps=-1"),
+    ("train.seed", 2 ** 32, "train.seed=4294967296"),
+    ("model.max_position_embeddings", 0, "model.max_position_embeddings=0"),
 ])
 def test_bad_config_values_are_one_line_errors(key, value, needle):
     cfg = tiny_config()
@@ -210,6 +220,43 @@ def test_bad_config_values_are_one_line_errors(key, value, needle):
     with pytest.raises(ConfigError) as err:
         train_config.validate_train_config(cfg)
     assert needle in str(err.value) and "expected" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("hidden_size", [20000, 1_000_000_000])
+def test_a_model_too_large_for_memory_is_one_line_before_anything_is_allocated(hidden_size, monkeypatch):
+    """hidden_size=20000 (72 GiB of params, gradients and Adam moments) hung; 1e9 aborted in XLA."""
+    monkeypatch.setattr("lsjax.config._host_available_memory", lambda: 64 * 2 ** 30)
+    cfg = tiny_config()
+    cfg.model.hidden_size = hidden_size
+    with pytest.raises(ConfigError) as err:
+        train_config.validate_train_config(cfg)
+    assert f"hidden_size={hidden_size}" in str(err.value) and "GiB of memory are available" in str(err.value)
+
+
+def test_a_config_file_must_set_exactly_the_base_keys():
+    from configs import base
+    cfg = tiny_config()
+    cfg.train.p_mx = 0.5
+    unknown = r"^--config x.py: unknown config key 'train.p_mx' \(did you mean 'p_max'\?\)$"
+    with pytest.raises(ConfigError, match=unknown):
+        train_config.check_config_keys(cfg, base.get_config(), "--config x.py")
+    cfg = tiny_config()
+    del cfg.data["seq_len"]
+    with pytest.raises(ConfigError, match="missing config key 'data.seq_len'"):
+        train_config.check_config_keys(cfg, base.get_config(), "--config x.py")
+    cfg = tiny_config()
+    cfg.model.rope_scaling = {"factor": 8.0}  # optional: model_config_from reads it when present
+    train_config.check_config_keys(cfg, base.get_config(), "--config x.py")
+
+
+def test_resume_changes_split_what_a_checkpoint_depends_on_from_what_may_change():
+    old, new = tiny_config(), tiny_config(steps=60, learning_rate=1e-4)
+    new.model.update(hidden_size=128, dtype="bfloat16")
+    new.data.data_dir = "/elsewhere"
+    refused, allowed = train_config.resume_changes(json.loads(old.to_json()), new)
+    assert refused == {"model.hidden_size": (64, 128)}
+    assert allowed == {"train.steps": (30, 60), "train.learning_rate": (3e-3, 1e-4),
+                       "model.dtype": ("float32", "bfloat16"), "data.data_dir": ("", "/elsewhere")}
 
 
 def test_cli_exits_2_before_compiling(tmp_path, data_dir):
@@ -223,11 +270,52 @@ def test_cli_exits_2_before_compiling(tmp_path, data_dir):
     ("--config.train.pmax=0.2", "error: --config.train.pmax: unknown config key 'pmax' (did you mean 'p_max'?)"),
     ("--config.train.steps=abc", "error: flag --config.train.steps=abc: invalid literal for int()"),
     ("--config=configs/no_such.py", "error: --config: [Errno 2] No such file or directory"),
+    ("--config.train.b1=5", "error: train.b1=5.0: expected a number in [0, 1)"),
+    ("--config.model.hidden_size=1000000000", "error: the train state (params, gradients and Adam moments) of a "),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, data_dir, flag, message):
     result = _run(tmp_path / "flags", data_dir, flag)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("body,message", [
+    ("cfg.train.p_mx = 0.5", ": unknown config key 'train.p_mx' (did you mean 'p_max'?)"),
+    ("cfg.train.nope.x = 1", ":4: AttributeError: 'nope'"),
+    ("del cfg.train['b1']", ": missing config key 'train.b1'"),
+    ("raise ValueError('no such variant')", ":4: ValueError: no such variant"),
+    ("return (", ":4: SyntaxError: "),
+])
+def test_config_file_errors_are_one_line_with_the_file(tmp_path, data_dir, body, message):
+    config_file = tmp_path / "mine.py"
+    config_file.write_text(f"from configs import base\ndef get_config():\n    cfg = base.get_config()\n    {body}\n"
+                           f"    return cfg\n")
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config_file), "--workdir",
+                             str(tmp_path / "w"), f"--config.data.data_dir={data_dir}"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 2 and not (tmp_path / "w" / "config.json").exists()
+    assert result.stderr.strip().startswith(f"error: --config {config_file}{message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("file", "is a file, not a directory"),
+    ("under_file", "which is a file"),
+])
+def test_unusable_workdirs_are_one_line_errors(tmp_path, data_dir, layout, message):
+    (tmp_path / "plain").write_text("x")
+    workdir = tmp_path / "plain" if layout == "file" else tmp_path / "plain" / "run"
+    result = _run(workdir, data_dir)
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: --workdir {workdir}: "), result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_workdir_is_a_one_line_error(tmp_path, data_dir):
+    workdir = tmp_path / "ro"
+    workdir.mkdir(mode=0o555)
+    result = _run(workdir, data_dir)
+    assert result.returncode == 2 and "not writable" in result.stderr, result.stderr
 
 
 def test_unprepared_tfds_dataset_is_a_one_line_error(tmp_path, data_dir):
