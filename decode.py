@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draft-vocab", type=int, default=0, metavar="K",
+                        help="draft over the K most frequent tokens only, verify over all (default 0: all)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default=None,
                         help="params and compute in this dtype (default: the checkpoint's)")
     parser.add_argument("--mesh", default=None,
@@ -62,7 +64,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--show-drafts", action="store_true",
                         help="colour accepted draft tokens green (on a terminal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    return parser.parse_args(argv)
+    return parser.parse_args(_joined_mesh(sys.argv[1:] if argv is None else argv))
+
+
+def _joined_mesh(argv: list[str]) -> list[str]:
+    """`--mesh -1,1,1` as `--mesh=-1,1,1`: argparse takes a value that starts with '-' (and is not a plain
+    negative number) for a flag."""
+    out, rest = [], iter(argv)
+    for arg in rest:
+        out.append(f"--mesh={next(rest, '')}" if arg == "--mesh" else arg)
+    return out
+
+
+def check_flags(args) -> None:
+    """Flags that contradict each other, or that JAX would not take, as one-line InputErrors."""
+    from lsjax.config import SEED_LIMIT
+    from lsjax.errors import InputError
+    if args.exit_layer is not None and args.strategy == "autoregressive":
+        raise InputError(f"--exit-layer {args.exit_layer}: applies to early_exit and self_speculative; the "
+                         f"autoregressive strategy runs every layer")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise InputError(f"--seed={args.seed}: expected 0 <= seed < 2**32 (jax.random.key keeps 32 bits)")
 
 
 def read_prompts(args) -> list[str]:
@@ -81,11 +103,35 @@ def read_prompts(args) -> list[str]:
     return texts
 
 
+def check_resources(decoder, texts: list[str]) -> None:
+    """--num-speculations and --batch-size against the model and this machine, before the prompts are encoded
+    and anything compiles: a round drafts d tokens into the model's context, and every row's KV cache and
+    logits must fit in the memory left once the params are loaded."""
+    import jax
+    import numpy as np
+    from lsjax import decoding, generation
+    from lsjax.config import require_memory
+    from lsjax.errors import InputError
+    config, d = decoder.config, decoder.options.num_speculations
+    if decoder.options.strategy == "self_speculative" and d >= config.max_position_embeddings:
+        raise InputError(f"--num-speculations d={d}: expected d < max_position_embeddings="
+                         f"{config.max_position_embeddings} (a round drafts d tokens into the model's context)")
+    width = generation.encode_prompts(decoder.tok, sorted(set(texts))).tokens.shape[1]
+    length = decoding.cache_length(decoder.settings, width)
+    cache = (2 * config.num_layers * len(texts) * length * config.num_kv_heads * config.head_dim
+             * np.dtype(config.jnp_dtype).itemsize)
+    logits = 2 * len(texts) * max(width, d + 1) * config.vocab_size * 4  # float32 logits and probabilities
+    devices = jax.devices()[:1] if decoder.mesh is None else list(decoder.mesh.devices.flat)
+    require_memory(f"--batch-size {len(texts)}: {len(texts)} rows of a {length}-position KV cache and logits",
+                   cache + logits, devices)
+
+
 def options_from(args):
     from lsjax.generation import Options
     return Options(strategy=args.strategy, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
                    schedule=args.schedule, confidence=args.confidence, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   draft_vocab=args.draft_vocab)
 
 
 def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
@@ -104,14 +150,17 @@ def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from lsjax import checkpoints, generation, sharding
+    from lsjax import checkpoints, draft_vocab, generation, sharding
     from lsjax.errors import InputError
     try:
+        check_flags(args)
         texts = read_prompts(args)
         mesh = sharding.mesh_from_flag(args.mesh)
         config, params, tok = checkpoints.load_model(args.checkpoint, dtype=args.dtype, mesh=mesh)
         options = options_from(args)
-        decoder = generation.Decoder(config, params, tok, options, mesh=mesh)
+        ranking = draft_vocab.for_checkpoint(args.checkpoint, tok) if options.draft_vocab else None
+        decoder = generation.Decoder(config, params, tok, options, mesh=mesh, draft_ranking=ranking)
+        check_resources(decoder, texts)
         batch = generation.encode_prompts(tok, texts)
         generation.check_fits(config, batch, options.max_new_tokens)
     except InputError as err:  # bad checkpoint, tokenizer, config, prompt or flag
@@ -121,12 +170,14 @@ def main(argv=None) -> int:
         stream_text(decoder, batch, texts[0], colour=args.show_drafts and sys.stdout.isatty())
     result = decoder.generate(batch)
     if options.strategy != "autoregressive":
-        baseline = generation.Decoder(config, params, tok, dataclasses.replace(options, strategy="autoregressive"),
-                                      mesh=mesh)
+        baseline = generation.Decoder(config, params, tok, dataclasses.replace(
+            options, strategy="autoregressive", draft_vocab=0), mesh=mesh)
         reference = baseline.generate(batch)
         result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]
         result["speedup"] = result["tokens_per_second"] / reference["tokens_per_second"]
-    if args.json:
+    if args.json:  # with the ids each row was fed (BOS only where the checkpoint's tokenizer adds one)
+        for row, ids, n in zip(result["outputs"], batch.tokens.tolist(), batch.lengths.tolist()):
+            row["prompt_token_ids"] = ids[:n]
         print(json.dumps(result))
         return 0
     summary = f"-- {result['new_tokens']} tokens in {result['seconds']:.2f} s: {result['tokens_per_second']:.1f} tokens/s"

@@ -127,7 +127,9 @@ def pass_costs(config, params, exit_layers, ds, cache_length: int, repeats: int 
     repeats one pass, so its weights stay in the CPU's caches as far as they fit; inside a decode a pass can
     cost more or less than alone (a draft step follows a verification that has streamed the deep layers'
     weights through those caches)."""
-    cache = kvcache.init_cache(config, 1, cache_length).replace(length=jnp.full((1,), cache_length // 2, jnp.int32))
+    params = model.per_layer(params)  # the layout the decode loops run
+    cache = kvcache.init_cache(config, 1, cache_length, per_layer=True).replace(
+        length=jnp.full((1,), cache_length // 2, jnp.int32))
     runs = {"full": (0, config.num_layers, 1)}
     runs.update({f"draft E={e}": (0, e, 1) for e in exit_layers})
     runs.update({f"verify E={e} d={d}": (e, config.num_layers, d + 1) for e in exit_layers for d in ds})

@@ -29,7 +29,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-from lsjax import decoding, model, objective, sharding, train  # noqa: E402
+from lsjax import decoding, generation, model, objective, sharding, train  # noqa: E402
 from lsjax.config import LlamaConfig, RopeScaling  # noqa: E402
 
 GIB = 2 ** 30
@@ -109,8 +109,12 @@ def decode_memory(config: LlamaConfig, mesh, batch_size: int, seq_len: int) -> d
     """Per-device bytes of the compiled self-speculative decode (E = L/4, d = 2) in bfloat16: prompts of
     seq_len / 2 tokens in a cache of seq_len slots."""
     config = config.replace(param_dtype="bfloat16", dtype="bfloat16")
+    shardings = model.param_shardings(config, mesh)
     params = jax.eval_shape(model.init, config, jax.random.key(0))
-    params = abstract(params, sharding.param_shardings(mesh, model.param_logical_axes(config), params))
+    if generation.unrolls_layers(mesh):  # the layout generation.Decoder runs on this mesh
+        params = jax.eval_shape(lambda: model.per_layer(model.init(config, jax.random.key(0))))
+        shardings = model.per_layer_shardings(shardings, config.num_layers)
+    params = abstract(params, shardings)
     prompt = seq_len // 2
     speculative = decoding.Settings(strategy="self_speculative", exit_layer=max(1, config.num_layers // 4),
                                     num_speculations=2, output_size=1)

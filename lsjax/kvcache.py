@@ -10,7 +10,7 @@ Shapes never change, so nothing recompiles as a sequence grows.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,18 +23,18 @@ from lsjax.errors import InputError
 
 @struct.dataclass
 class KVCache:
-    k: jax.Array  # [L, B, S, KV, hd]
-    v: jax.Array  # [L, B, S, KV, hd]
+    k: Union[jax.Array, Tuple[jax.Array, ...]]  # [L, B, S, KV, hd], or per layer [B, S, KV, hd] (per_layer)
+    v: Union[jax.Array, Tuple[jax.Array, ...]]  # as k
     start: jax.Array  # [B] int32: first valid slot of each row
     length: jax.Array  # [B] int32: one past the last valid slot of each row
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return _layer_shape(self.k)[1]
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.start.shape[0]
 
     def query_slots(self, num_tokens: int, write_index=None) -> jax.Array:
         """[B, T] slots that T new tokens written at `write_index` (default: `length`) occupy."""
@@ -57,18 +57,29 @@ class KVCache:
         return self.replace(length=jnp.asarray(length, jnp.int32))
 
 
+def _layer_shape(buffers) -> Tuple[int, ...]:
+    """[B, S, KV, hd] of one layer's buffer, in either layout."""
+    return buffers[0].shape if isinstance(buffers, tuple) else buffers.shape[1:]
+
+
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None,
-               num_layers: Optional[int] = None) -> KVCache:
+               num_layers: Optional[int] = None, per_layer: bool = False) -> KVCache:
     """An empty cache of `max_length` slots per row, in the compute dtype unless `dtype` is given.
 
     num_layers: buffers for layers [0, num_layers) only (early exit never touches the rest); default all.
+    per_layer: one buffer per layer (a tuple), as the `model.per_layer` params layout runs them, instead of
+    one stacked buffer.
     """
     num_layers = config.num_layers if num_layers is None else num_layers
-    shape = (num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    layer_shape = (batch_size, max_length, config.num_kv_heads, config.head_dim)
     dtype = config.jnp_dtype if dtype is None else dtype
     zeros = jnp.zeros((batch_size,), jnp.int32)
-    k, v = (sharding.constrain(jnp.zeros(shape, dtype), sharding.CACHE_AXES) for _ in range(2))
-    return KVCache(k=k, v=v, start=zeros, length=zeros)
+    if per_layer:
+        buffers = lambda: tuple(sharding.constrain(jnp.zeros(layer_shape, dtype), sharding.LAYER_CACHE_AXES)
+                                for _ in range(num_layers))
+    else:
+        buffers = lambda: sharding.constrain(jnp.zeros((num_layers, *layer_shape), dtype), sharding.CACHE_AXES)
+    return KVCache(k=buffers(), v=buffers(), start=zeros, length=zeros)
 
 
 def run_cached_layers(config: LlamaConfig, params, cache: KVCache, x, start: int, stop: int,

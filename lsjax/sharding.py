@@ -63,6 +63,7 @@ def param_specs(logical_axes, rules: Sequence = LOGICAL_RULES):
 
 # The KV cache [L, B, S, KV, hd] and token batches [B, ...]: rows over the batch axes, KV heads over tensor.
 CACHE_AXES = PartitionSpec("layers", "batch", "seq", "kv_heads", "head_dim")
+LAYER_CACHE_AXES = PartitionSpec(*CACHE_AXES[1:])  # one layer's buffer in the per-layer layout
 BATCH_AXES = PartitionSpec("batch")
 # The residual stream [B, T, D]: rows over the batch axes and nothing else. Left unpinned, XLA lets it follow
 # the weights' FSDP split of 'embed', and every device then computes on the whole batch.

