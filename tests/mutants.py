@@ -149,12 +149,26 @@ MUTANTS: Dict[str, Mutant] = {
         "        new_length, last = prompt_lengths, prompt_lengths - 1",
         "        new_length, last = prompt_lengths, jnp.minimum(prompt_lengths, t - 1)",
         "tests/test_kvcache.py"),
+    "unrolled-previous-buffer": Mutant(
+        "the unrolled decoding layout attends over the previous layer's K/V buffer",
+        "lsjax/model.py",
+        "attend = functools.partial(_attend_with_layer_cache, kind=config.attention, k_buffer=k_buffers[index],",
+        "attend = functools.partial(_attend_with_layer_cache, kind=config.attention, k_buffer=k_buffers[index - 1],",
+        "tests/test_kvcache.py"),
+    "draft-vocab-leaks": Mutant(
+        "a reduced draft vocabulary gives the tokens outside it logit 0 instead of -inf",
+        "lsjax/decoding/self_speculative.py",
+        "return jnp.full((x.shape[0], config.vocab_size), -jnp.inf, jnp.float32).at[:, knobs.draft_ids].set(subset)",
+        "return jnp.full((x.shape[0], config.vocab_size), 0.0, jnp.float32).at[:, knobs.draft_ids].set(subset)",
+        "tests/test_decoding.py::test_draft_logits_over_a_subset_are_the_heads_and_minus_infinity_elsewhere "
+        "tests/test_decoding.py::test_a_reduced_draft_vocabulary_keeps_greedy_output"),
     "tied-exports-head": Mutant(
         "a tied model exports lm_head.weight beside the embedding",
         "lsjax/hf.py",
-        '    if not config.tie_word_embeddings:\n        tensors["lm_head.weight"] = params["lm_head"]["kernel"].T',
-        '    tensors["lm_head.weight"] = (params["lm_head"]["kernel"].T if not config.tie_word_embeddings\n'
-        '                                 else params["embed"]["embedding"])',
+        '    if not config.tie_word_embeddings:\n        kernel = params["lm_head"]["kernel"]\n'
+        '        sources.append(("lm_head.weight", kernel, _fetch(kernel, None, lambda w, d: w.T, d)))',
+        '    kernel = params["lm_head"]["kernel"].T if not config.tie_word_embeddings else embedding\n'
+        '    sources.append(("lm_head.weight", kernel, _fetch(kernel, None, same, d)))',
         "tests/test_hf.py"),
 }
 

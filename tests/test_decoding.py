@@ -235,6 +235,18 @@ def test_a_reduced_draft_vocabulary_keeps_greedy_output(seed, draft_vocab, lengt
     assert np.isin(drafted, subset).all()
 
 
+def test_draft_logits_over_a_subset_are_the_heads_and_minus_infinity_elsewhere():
+    config = LlamaConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+    params = scaled_random_model(config, 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, config.hidden_size)), jnp.float32)
+    ids = np.asarray([2, 5, 30])
+    knobs = Knobs.make(draft_ids=ids)
+    rows = self_speculative.draft_rows(config, params, Settings(draft_vocab=3), knobs)
+    logits = np.asarray(self_speculative._draft_logits(config, params, knobs, rows, x))
+    np.testing.assert_allclose(logits[:, ids], np.asarray(model.unembed(config, params, x))[:, ids], rtol=1e-6)
+    assert np.all(np.delete(logits, ids, axis=1) == -np.inf)
+
+
 def _exact_sequence_probabilities(config, params, knobs, sampling, length):
     """P(the first `length` generated tokens = s) for every s, an array [V] * length: the full model run over
     every continuation of PROMPT, after the same temperature / top-k / top-p."""

@@ -143,3 +143,25 @@ def test_errors_for_prompt_longer_than_cache_and_overflow():
         kvcache.extend(config, params, cache, jnp.ones((1, 2), jnp.int32))
     with pytest.raises(ValueError, match="padding='middle'"):
         kvcache.prefill(config, params, cache, jnp.ones((1, 3), jnp.int32), jnp.asarray([3]), padding="middle")
+
+
+def test_decode_loop_writes_only_the_new_tokens_into_per_layer_buffers(tiny_model):
+    """In the decoding layout no computation but the entry copies or slices a whole layer buffer [B, S, KV, hd]
+    (the entry fills the buffers once): inside the loop the cache only takes dynamic updates of new tokens."""
+    import re
+    from lsjax import decoding
+    config, params = tiny_model
+    settings = decoding.Settings(strategy="self_speculative", exit_layer=1, num_speculations=2, output_size=16)
+    tokens, lengths = jnp.zeros((2, 8), jnp.int32), jnp.asarray([8, 3], jnp.int32)
+    max_length = decoding.cache_length(settings, 8)
+    hlo = decoding.generate.lower(config, model.per_layer(params), settings, tokens, lengths, 16, jax.random.key(0),
+                                  decoding.Knobs.make(), max_length=max_length).compile().as_text()
+    buffer = rf"\[2,{max_length},{config.num_kv_heads},{config.head_dim}\]"
+    computation, whole_buffer_ops = None, []
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            computation = line.split()[0] if not line.startswith("ENTRY") else "ENTRY"
+        elif re.search(buffer + r"\{[^}]*\} (copy|dynamic-slice)\(", line) and computation != "ENTRY":
+            whole_buffer_ops.append((computation, line.strip()[:120]))
+    assert whole_buffer_ops == []
+    assert computation != "ENTRY" or re.search(buffer, hlo.split("ENTRY")[0])  # the loops do carry the buffers
