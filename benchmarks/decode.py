@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lsjax import checkpoints, decoding, generation, kvcache, model, prompts  # noqa: E402
+from lsjax import checkpoints, decoding, draft_vocab, generation, kvcache, model, prompts  # noqa: E402
 
 PASSES = 50  # cached passes per compiled loop in `pass_costs`
 
@@ -63,6 +63,8 @@ def parse_args(argv=None):
                         help="draft confidence thresholds c (0 = off): a round stops drafting below c")
     parser.add_argument("--ceiling-speculations", type=listed(int), default=[1, 2, 3, 4, 6],
                         help="d values of the ceiling run (every draft accepted)")
+    parser.add_argument("--ceiling-draft-vocabs", type=listed(int), default=[],
+                        help="K values of a reduced draft vocabulary (lsjax.draft_vocab) also run in the ceiling")
     parser.add_argument("--target", type=float, default=1.5,
                         help="the speedup whose required per-token acceptance the ceiling reports")
     parser.add_argument("--batch-sizes", type=listed(int), default=[1, 4, 16])
@@ -148,7 +150,10 @@ def pass_costs(config, params, exit_layers, ds, cache_length: int, repeats: int 
 
 
 def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> generation.Decoder:
-    return generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **options))
+    options = dict(options)
+    ranking = options.pop("draft_ranking", None)
+    return generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **options),
+                              draft_ranking=ranking)
 
 
 def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeats: int):
@@ -197,7 +202,7 @@ def summarise(results, config, costs: dict):
 
 
 def ceiling(config, params, tok, texts, exit_layer: int, ds, costs: dict, max_new_tokens: int, repeats: int,
-            target: float) -> dict:
+            target: float, draft_vocabs=(), ranking=None) -> dict:
     """Autoregressive and self-speculative (E, d) decoding on `silence_deep_layers` weights: every draft is
     accepted, so the speedup is the most these loops give at this E and d on this machine, and its ratio to
     SPEC 2.2's bound (tokens per round d + 1) is their efficiency with acceptance out of the picture. A round's
@@ -207,12 +212,15 @@ def ceiling(config, params, tok, texts, exit_layer: int, ds, costs: dict, max_ne
     options = {"autoregressive": {"strategy": "autoregressive"}}
     options.update({speculative_name(exit_layer, d, 0): {"strategy": "self_speculative", "exit_layer": exit_layer,
                                                           "num_speculations": d} for d in ds})
+    options.update({speculative_name(exit_layer, d, 0, k): {
+        "strategy": "self_speculative", "exit_layer": exit_layer, "num_speculations": d, "draft_vocab": k,
+        "draft_ranking": ranking} for d in ds for k in draft_vocabs})
     results = sweep(config, silence_deep_layers(params, exit_layer), tok, texts, options, max_new_tokens, repeats)
     summary = summarise(results, config, costs)
     token_ms = statistics.median(1000 * r["seconds"] / r["new_tokens"] for r in results["autoregressive"])
     rows = {}
-    for d in ds:
-        name = speculative_name(exit_layer, d, 0)
+    for name in (n for n in options if n != "autoregressive"):
+        d = options[name]["num_speculations"]
         round_ms = statistics.median(1000 * r["seconds"] / r["outputs"][0]["rounds"] for r in results[name])
         row = summary[name]
         rows[name] = {**row, "round_ms": round_ms,
@@ -275,8 +283,9 @@ def memory(config, params, tok, text, best: dict, max_new_tokens: int):
     return out
 
 
-def speculative_name(exit_layer: int, d: int, confidence: float) -> str:
-    return f"self_speculative E={exit_layer} d={d}" + (f" c={confidence:g}" if confidence else "")
+def speculative_name(exit_layer: int, d: int, confidence: float, draft_vocab: int = 0) -> str:
+    return (f"self_speculative E={exit_layer} d={d}" + (f" c={confidence:g}" if confidence else "")
+            + (f" K={draft_vocab}" if draft_vocab else ""))
 
 
 def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
@@ -356,8 +365,9 @@ def main(argv=None):
                                                for k in ("exit_layer", "num_speculations", "confidence")}}
     print(f"best: {best_name}: speedup {speculative[best_name]['speedup']:.2f}x, "
           f"efficiency {speculative[best_name]['efficiency']:.2f}")
+    ranking = draft_vocab.for_checkpoint(args.checkpoint, tok) if args.ceiling_draft_vocabs else None
     roof = ceiling(config, params, tok, texts, best["exit_layer"], args.ceiling_speculations, costs,
-                   args.max_new_tokens, args.repeats, args.target)
+                   args.max_new_tokens, args.repeats, args.target, args.ceiling_draft_vocabs, ranking)
     print(f"ceiling (layers >= {roof['exit_layer']} silenced: every draft accepted; autoregressive "
           f"{roof['autoregressive_token_ms']:.3f} ms/token; outputs identical: {roof['identical_to_autoregressive']}):")
     for name, row in roof["rows"].items():
