@@ -25,8 +25,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
-from jax.sharding import NamedSharding, PartitionSpec
 
+from lsjax import sharding
 from lsjax.config import ConfigError, LlamaConfig, RopeScaling, check_hf_types
 from lsjax.errors import InputError
 
@@ -307,8 +307,7 @@ def load_tensors(config: LlamaConfig, reader: TensorReader, shardings=None):
     place = (lambda array, _: jnp.asarray(array)) if shardings is None else jax.device_put
     target = lambda group, name: None if shardings is None else shardings[group][name]
     stacked_shardings = None if shardings is None else jax.tree.leaves(shardings["layers"])
-    layer_shardings = None if shardings is None else [  # a stacked leaf's sharding without the layer axis
-        NamedSharding(s.mesh, PartitionSpec(*s.spec[1:])) for s in stacked_shardings]
+    layer_shardings = None if shardings is None else [sharding.without_leading_axis(s) for s in stacked_shardings]
     shapes = _hf_weight_shapes(config)
     layers = []  # per layer, its leaves on the devices (in the order of the layer tree's leaves)
     for i in range(config.num_layers):

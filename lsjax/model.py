@@ -221,8 +221,7 @@ def is_per_layer(params: Params) -> bool:
 
 def per_layer_shardings(shardings: Params, num_layers: int) -> Params:
     """`param_shardings` for the `per_layer` layout: each layer's leaves without the layer axis."""
-    drop = lambda s: jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.spec[1:]))
-    layer = jax.tree.map(drop, shardings["layers"])
+    layer = jax.tree.map(sharding.without_leading_axis, shardings["layers"])
     return {**shardings, "layers": (layer,) * num_layers}
 
 

@@ -139,6 +139,11 @@ def train_state_shardings(mesh: Mesh, logical_axes, optimizer: optax.GradientTra
     return {"step": replicated, "params": params, "opt_state": opt_state}
 
 
+def without_leading_axis(stacked: NamedSharding) -> NamedSharding:
+    """The sharding of one slice of a stacked array (a layer of the stacked params or cache)."""
+    return NamedSharding(stacked.mesh, PartitionSpec(*stacked.spec[1:]))
+
+
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
     """Rows over the batch axes (data and fsdp), when they divide the batch."""
     return logical_sharding(mesh, BATCH_AXES, shape)
