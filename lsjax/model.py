@@ -307,7 +307,7 @@ def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *,
         if buffers is None:
             attend = lambda q, k, v: (attention.attend(config.attention, q, k, v, mask, segments), None)
         else:
-            attend = functools.partial(_attend_with_cache, kind=config.attention, buffers=buffers, index=index,
+            attend = functools.partial(_attend_with_cache, kind=config.attention, buffers=buffers, layer=index,
                                        write_index=write_index, mask=mask)
         y, buffers = layer.apply({"params": p}, x, positions, attend)
         if keep_row is not None:
@@ -333,8 +333,9 @@ def _run_unrolled(config: LlamaConfig, params: Params, layer, x, start: int, sto
         if cache is None:
             attend = lambda q, k, v: (attention.attend(config.attention, q, k, v, mask, segments), None)
         else:
-            attend = functools.partial(_attend_with_layer_cache, kind=config.attention, k_buffer=k_buffers[index],
-                                       v_buffer=v_buffers[index], write_index=write_index, mask=mask)
+            attend = functools.partial(_attend_with_cache, kind=config.attention,
+                                       buffers=(k_buffers[index], v_buffers[index]), write_index=write_index,
+                                       mask=mask)
         y, buffers = layer.apply({"params": params["layers"][index]}, x, positions, attend)
         if buffers is not None:
             k_buffers[index], v_buffers[index] = buffers
@@ -347,12 +348,6 @@ def _run_unrolled(config: LlamaConfig, params: Params, layer, x, start: int, sto
     return LayersOutput(x, new_cache, jnp.stack(hidden) if collect_hidden else None)
 
 
-def _attend_with_layer_cache(q, k, v, *, kind, k_buffer, v_buffer, write_index, mask):
-    k_buffer, v_buffer = _write_rows(k_buffer, k, write_index), _write_rows(v_buffer, v, write_index)
-    out = attention.attend(kind, q, k_buffer.astype(q.dtype), v_buffer.astype(q.dtype), mask)
-    return out, (k_buffer, v_buffer)
-
-
 # config.remat -> what a layer's backward pass may keep from its forward pass (the scan carry, the layer's
 # input, is always kept). Made on use: the offload policy names memory kinds.
 REMAT_POLICIES = {
@@ -362,18 +357,25 @@ REMAT_POLICIES = {
 }
 
 
-def _write_rows(buffer, new, write_index):
-    """buffer [B, S, ...] <- new [B, T, ...] at per-row slots [write_index[b], write_index[b] + T)."""
-    return jax.vmap(lambda b, n, i: lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(
-        buffer, new.astype(buffer.dtype), write_index)
+def _attend_with_cache(q, k, v, *, kind, buffers, write_index, mask, layer=None):
+    """Writes the new keys/values into the (k, v) buffers, then attends over them. Per-layer buffers
+    [B, S, KV, hd], or stacks [L, B, S, KV, hd] at `layer`: the new tokens go straight into the stack at
+    (layer, row, slot), an in-place update of the loop's buffer, and attention reads the layer's slice."""
+    k_all, v_all = (_write_rows(buffer, new, write_index, layer) for buffer, new in zip(buffers, (k, v)))
+    read = (lambda a: a) if layer is None else (lambda a: a[layer])
+    out = attention.attend(kind, q, read(k_all).astype(q.dtype), read(v_all).astype(q.dtype), mask)
+    return out, (k_all, v_all)
 
 
-def _attend_with_cache(q, k, v, *, kind, buffers, index, write_index, mask):
-    """The stacked layout's cache step: the layer's slice out of the stack, updated, and written back."""
-    k_all, v_all = buffers
-    out, (k_layer, v_layer) = _attend_with_layer_cache(q, k, v, kind=kind, k_buffer=k_all[index],
-                                                       v_buffer=v_all[index], write_index=write_index, mask=mask)
-    return out, (k_all.at[index].set(k_layer), v_all.at[index].set(v_layer))
+def _write_rows(buffer, new, write_index, layer=None):
+    """buffer [B, S, ...] (or a stack [L, B, S, ...] at `layer`) <- new [B, T, ...] at per-row slots
+    [write_index[b], write_index[b] + T); slots past the buffer's end are dropped. One scatter that XLA
+    applies in place, in either layout."""
+    b, t = new.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = write_index[:, None] + jnp.arange(t, dtype=write_index.dtype)[None, :]
+    index = (rows, slots) if layer is None else (layer, rows, slots)
+    return buffer.at[index].set(new.astype(buffer.dtype), mode="drop")
 
 
 def forward(config: LlamaConfig, params: Params, tokens, *, positions=None, segment_ids=None,

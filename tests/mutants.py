@@ -152,8 +152,14 @@ MUTANTS: Dict[str, Mutant] = {
     "unrolled-previous-buffer": Mutant(
         "the unrolled decoding layout attends over the previous layer's K/V buffer",
         "lsjax/model.py",
-        "attend = functools.partial(_attend_with_layer_cache, kind=config.attention, k_buffer=k_buffers[index],",
-        "attend = functools.partial(_attend_with_layer_cache, kind=config.attention, k_buffer=k_buffers[index - 1],",
+        "buffers=(k_buffers[index], v_buffers[index]), write_index=write_index,",
+        "buffers=(k_buffers[index - 1], v_buffers[index]), write_index=write_index,",
+        "tests/test_kvcache.py"),
+    "stacked-cache-wrong-layer": Mutant(
+        "the stacked decoding layout writes each layer's new keys into the next layer's slice of the stack",
+        "lsjax/model.py",
+        "index = (rows, slots) if layer is None else (layer, rows, slots)",
+        "index = (rows, slots) if layer is None else ((layer + 1) % buffer.shape[0], rows, slots)",
         "tests/test_kvcache.py"),
     "draft-vocab-leaks": Mutant(
         "a reduced draft vocabulary gives the tokens outside it logit 0 instead of -inf",
