@@ -210,7 +210,7 @@ def run(name: str, copy: Path, tests: Optional[str] = None) -> tuple:
     start = time.perf_counter()
     try:
         # -m puts the copy first on sys.path, so its lsjax is imported, not the installed one
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider",
                                "--hypothesis-profile=mutants", *(tests or m.tests).split()], cwd=copy, capture_output=True,
                               text=True)
     finally:
