@@ -4,20 +4,21 @@
                                 [--exit-layers 1,2,3,4] [--num-speculations 2,4,6] [--confidences 0]
                                 [--batch-sizes 1,4,16] [--repeats 3]
 
-Greedy decoding, compilation excluded. For every prompt every configuration runs in turn, `repeats` times
-(the run of median time counts), so machine noise hits them alike; figures are medians over prompts and
-ratios to autoregressive measured on the same prompt. For each self-speculative (E, d, confidence threshold
-c): the acceptance rate, the analytic speedup bound of SPEC 2.2 for the measured tokens and drafts per round,
-(1 + accepted / rounds) / ((drafted / rounds) E / L + 1) (drafted / rounds = d without a threshold), and the
-efficiency = measured speedup / bound; also the bound that this machine's own pass costs allow (a draft step,
-a (d + 1)-token verification and a full step, each timed alone in a compiled loop) and the efficiency against
-it, which is what the loops lose or gain beyond their passes; every output is checked token for token against
-autoregressive. Then the ceiling at the best setting's E: the same loops on the same weights with layers
-[E, L) silenced (their output projections zeroed), so every draft is accepted while every pass costs what it
-did; it gives the loops' efficiency where acceptance is no limit, each d's round time, and the per-token
-acceptance a model would need for --target (the ceiling's speedup scaled by SPEC 2.2's tokens per round,
-(1 - a^(d+1)) / (1 - a), over the d + 1 it had). Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory
-footprint of both loops. Writes decode.json and decode.png under --out.
+Greedy decoding, compilation excluded. For every prompt every configuration runs in turn, `repeats` times (the
+run of median time counts), so machine noise hits them alike; figures are medians over prompts and ratios to
+autoregressive measured on the same prompt. For each self-speculative (E, d, confidence threshold c): the
+acceptance rate, the analytic speedup bound (docs/algorithms.md, cost model) for the measured tokens and
+drafts per round, (1 + accepted / rounds) / ((drafted / rounds) E / L + 1) (drafted / rounds = d without a
+threshold), and the efficiency = measured speedup / bound; also the bound that this machine's own pass costs
+allow (a draft step, a (d + 1)-token verification and a full step, each timed alone in a compiled loop) and
+the efficiency against it, which is what the loops lose or gain beyond their passes; every output is checked
+token for token against autoregressive. Then the ceiling at the best setting's E: the same loops on the same
+weights with layers [E, L) silenced (their output projections zeroed), so every draft is accepted while every
+pass costs what it did; it gives the loops' efficiency where acceptance is no limit, each d's round time, and
+the per-token acceptance a model would need for --target (the ceiling's speedup scaled by the cost model's
+tokens per round, (1 - a^(d+1)) / (1 - a), over the d + 1 it had). Then the best setting at batch sizes 1, 4
+and 16, the cost of streaming it, and XLA's memory footprint of both loops. Writes decode.json and decode.png
+under --out.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def parse_args(argv=None):
 
 
 def analytic_bound(tokens_per_round: float, drafts_per_round: float, exit_layer: int, num_layers: int) -> float:
-    """SPEC 2.2: tokens per round over the round's cost in full forwards (each draft E/L, one verification)."""
+    """The cost model's bound (docs/algorithms.md, cost model): tokens per round over the round's cost in full
+    forwards (each draft E/L, one verification)."""
     return tokens_per_round / (drafts_per_round * exit_layer / num_layers + 1)
 
 
@@ -88,7 +90,7 @@ def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, ex
 
 
 def tokens_per_round(acceptance: float, d: int) -> float:
-    """SPEC 2.2: the tokens a round of d drafts yields when each draft is accepted with probability a."""
+    """The tokens a round of d drafts yields when each draft is accepted with probability a."""
     return sum(acceptance ** i for i in range(d + 1))
 
 
@@ -205,7 +207,7 @@ def ceiling(config, params, tok, texts, exit_layer: int, ds, costs: dict, max_ne
             target: float, draft_vocabs=(), ranking=None) -> dict:
     """Autoregressive and self-speculative (E, d) decoding on `silence_deep_layers` weights: every draft is
     accepted, so the speedup is the most these loops give at this E and d on this machine, and its ratio to
-    SPEC 2.2's bound (tokens per round d + 1) is their efficiency with acceptance out of the picture. A round's
+    The cost model's bound (tokens per round d + 1) is their efficiency with acceptance out of the picture. A round's
     time does not depend on what is accepted (its passes have static widths), so the speedup at a per-token
     acceptance a is this one scaled by tokens_per_round(a, d) / (d + 1); `acceptance_for_target` is the a at
     which that reaches `target` (None: not even at a = 1)."""
@@ -289,7 +291,7 @@ def speculative_name(exit_layer: int, d: int, confidence: float, draft_vocab: in
 
 
 def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
-    """Speedups of self-speculative decoding with their SPEC 2.2 bounds, acceptance, lossy early exit, and the
+    """Speedups of self-speculative decoding with their cost-model bounds, acceptance, lossy early exit, and the
     speedup each d would give at a per-token acceptance a (the ceiling's, scaled) with the model's."""
     fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 4.2))
     for c in confidences:
@@ -309,7 +311,7 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
     ax3.plot(exit_layers, [summary[f"early_exit E={e}"]["speedup"] for e in exit_layers], "k--", marker="x")
     ax3.axhline(1.0, color="grey")
     ax1.set(xlabel="exit layer E", ylabel="speedup over autoregressive (median over prompts)",
-            title="Self-speculative (exact); dashed: SPEC 2.2 bound")
+            title="Self-speculative (exact); dashed: cost-model bound")
     ax2.set(xlabel="exit layer E", ylabel="accepted / drafted", ylim=(0, 1.02), title="Draft acceptance rate")
     ax3.set(xlabel="exit layer E", ylabel="speedup over autoregressive", title="Early exit (lossy)")
     for ax in (ax1, ax2, ax3):

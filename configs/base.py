@@ -24,7 +24,8 @@ def get_config():
     cfg.train = ml_collections.ConfigDict(dict(
         steps=1000, batch_size=16, grad_accum=1, seed=0,
         learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0,
-        # LayerSkip (SPEC 1): layer dropout p_{l,t} = S(t) D(l) p_max and the early-exit loss
+        # LayerSkip (docs/algorithms.md, the LayerSkip recipe): layer dropout p_{l,t} = S(t) D(l) p_max and the
+        # early-exit loss
         p_max=0.1, layer_dropout_scale="exp", layer_dropout_time_scale="constant",
         e_scale=0.2, exit_scale_shape="sum_l", curriculum="rotational", rotation=8, self_distill_beta=0.0,
         loss_chunk_size=2048, log_every=10, eval_every=200, eval_batches=8,
@@ -42,9 +43,9 @@ LAYERSKIP_1P5B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5504
 
 
 def paper_recipe(*, p_max, e_scale, curriculum, rotation=1, from_scratch=False, model=None):
-    """A LayerSkip paper setting (SPEC 1.3) on TPU-scale defaults: bfloat16, a prepared TFDS text dataset
-    (--config.data.name, --config.data.data_dir), and for continual pretraining / fine-tuning an HF Llama
-    checkpoint (--config.init_from)."""
+    """A LayerSkip paper setting (docs/algorithms.md, the paper's settings) on TPU-scale defaults: bfloat16, a
+    prepared TFDS text dataset (--config.data.name, --config.data.data_dir), and for continual pretraining /
+    fine-tuning an HF Llama checkpoint (--config.init_from)."""
     cfg = get_config()
     if model:
         cfg.model.update(model)

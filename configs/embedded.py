@@ -14,8 +14,9 @@ def get_config():
                      num_kv_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
     cfg.tokenizer.vocab_size = 2048
     cfg.data.update(source="python_stdlib", seq_len=256)
-    # From scratch (SPEC 1.1: S(t) rises over time). e_scale = 1 and self-distillation push up the agreement
-    # of shallow exits with the last layer, which is self-speculative decoding's acceptance rate.
+    # From scratch (S(t) rises over time: docs/algorithms.md, layer dropout). e_scale = 1 and self-distillation
+    # push up the agreement of shallow exits with the last layer, which is self-speculative decoding's acceptance
+    # rate.
     cfg.train.update(steps=600, batch_size=16, warmup_steps=50, learning_rate=2e-3, end_lr_ratio=0.05,
                      p_max=0.1, layer_dropout_time_scale="exp", e_scale=1.0, curriculum="rotational", rotation=4,
                      self_distill_beta=1.0, loss_chunk_size=2048, log_every=10, eval_every=100, eval_batches=8,

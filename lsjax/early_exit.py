@@ -1,4 +1,5 @@
-"""LayerSkip early-exit loss: every selected layer is unembedded through the one shared head (SPEC 1.2).
+"""LayerSkip early-exit loss: every selected layer is unembedded through the one shared head
+(docs/algorithms.md, early-exit loss).
 
 J = sum_l ẽ(t,l) CE(g(x_{l+1}), Y) with e(l) rising quadratically over depth, normalised over the layers a
 curriculum enables at step t. Shapes stay static: each curriculum selects a fixed number K of layers per
@@ -23,8 +24,9 @@ from lsjax.config import LlamaConfig
 CURRICULA = ("none", "rotational", "gradual")
 
 
-# f(l), the growth of e(l) over depth. "sum_l" is the paper's (SPEC 1.2); the others shift weight towards
-# shallow exits, which raises their agreement with the last layer (torchtune offers the same family).
+# f(l), the growth of e(l) over depth. "sum_l" is the paper's (docs/algorithms.md, per-layer scales); the
+# others shift weight towards shallow exits, which raises their agreement with the last layer (torchtune offers
+# the same family).
 EXIT_SCALE_SHAPES = {
     "sum_l": lambda layers: layers * (layers + 1) / 2,
     "l": lambda layers: layers,
@@ -121,7 +123,8 @@ def early_exit_loss(config: LlamaConfig, params, layer_outputs, targets, selecti
     targets, loss_mask: [B, T] next-token ids and 1/0 weights. chunk_size: tokens per cross-entropy chunk,
     taken as chunk_size // B consecutive positions of every row, so that rows stay on the devices that hold
     them; each chunk's logits are recomputed in the backward pass instead of stored.
-    beta: weight of the self-distillation term KL(stop_gradient(p_last) || p_exit) (SPEC 1.4); 0 = the paper.
+    beta: weight of the self-distillation term KL(stop_gradient(p_last) || p_exit)
+        (docs/algorithms.md, self-distillation); 0 = the paper.
     measure_agreement: also report top-1 agreement with the last layer (the self-speculative acceptance rate).
     """
     num_layers, b, t, _ = layer_outputs.shape

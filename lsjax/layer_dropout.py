@@ -1,7 +1,8 @@
 """LayerSkip layer dropout: per-sample Bernoulli skips with rates rising over depth (and over time).
 
-p_{l,t} = S(t) * D(l) * p_max (SPEC 1.1). The masks are derived from (seed, step, global sample index)
-alone, so every device, every data layout and every resumed run draws the same skips for the same sample.
+p_{l,t} = S(t) * D(l) * p_max (docs/algorithms.md, layer dropout). The masks are derived from (seed, step,
+global sample index) alone, so every device, every data layout and every resumed run draws the same skips
+for the same sample.
 They are applied by `model.run_layers(residual_mask=...)` as a select, never a branch.
 """
 

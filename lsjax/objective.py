@@ -15,7 +15,8 @@ from lsjax.config import LlamaConfig
 
 
 class Recipe(NamedTuple):
-    """The static knobs of SPEC section 1 (hashable: a static argument of the jitted step)."""
+    """The static knobs of the recipe (docs/algorithms.md, the LayerSkip recipe); hashable: a static argument of
+    the jitted step."""
 
     p_max: float
     layer_dropout_scale: str
