@@ -1,4 +1,8 @@
-"""PNG plots of a training run, drawn from its metrics.jsonl (so they can be redrawn for any finished run)."""
+"""PNG plots of a training run, drawn from its metrics.jsonl (so they can be redrawn for any finished run).
+
+Figures are drawn with matplotlib's object API (no pyplot), so importing lsjax leaves matplotlib's global
+backend alone.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ import json
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def read_events(metrics_path: Path, event: str):
@@ -26,20 +28,21 @@ def training_curves(metrics_path: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = [row["step"] for row in evals]
     num_layers = len(evals[-1]["layer_loss"])
-    colors = plt.cm.viridis([i / max(num_layers - 1, 1) for i in range(num_layers)])
+    colors = matplotlib.colormaps["viridis"]([i / max(num_layers - 1, 1) for i in range(num_layers)])
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for layer in range(num_layers):
         ax.plot(steps, [row["layer_loss"][layer] for row in evals], color=colors[layer], label=f"exit {layer + 1}")
     ax.set(xlabel="step", ylabel="held-out cross-entropy", title="Loss of every early exit over training")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out_dir / "layer_loss.png", dpi=110)
-    plt.close(fig)
 
     last = evals[-1]
     exits = list(range(1, num_layers + 1))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     ax.plot(exits, last["layer_accuracy"], marker="o", label="top-1 accuracy")
     ax.plot(exits, last["layer_agreement"], marker="s", label="agreement with the last layer")
     ax.set(xlabel="exit after layer", ylabel="fraction of tokens", ylim=(0, 1.02),
@@ -47,4 +50,3 @@ def training_curves(metrics_path: Path, out_dir: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "exit_curve.png", dpi=110)
-    plt.close(fig)
