@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=EMBEDDED,
-                        help="Hugging Face Llama directory or lsjax training workdir (default: models/embedded)")
+                        help="Hugging Face Llama directory, GGUF file or lsjax training workdir (default: models/embedded)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", type=Path, help="file whose text is the prompt")

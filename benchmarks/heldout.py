@@ -14,9 +14,7 @@ OUT.json, so runs made at different times stand side by side in OUT.md and OUT.p
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from lsjax import xla_cpu
@@ -29,17 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import jax  # noqa: E402
 
-from lsjax import checkpoints, data, model, sharding, train  # noqa: E402
-
-
-def load_config(spec: str):
-    """A training config file, optionally FILE:ARG as on train.py's command line."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("heldout_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(Path(path).resolve().parents[1]))  # configs import each other as `configs.base`
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+from lsjax import checkpoints, data, model, sharding, train, train_config  # noqa: E402
 
 
 def heldout(cfg, checkpoint) -> dict:
@@ -92,7 +80,7 @@ def main(argv=None) -> None:
     parser.add_argument("--name", required=True, help="the label of this checkpoint's column")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heldout"))
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = train_config.from_file(args.config)
     checkpoint = args.checkpoint or cfg.init_from
     figures = heldout(cfg, checkpoint)
     file = args.out.with_suffix(".json")

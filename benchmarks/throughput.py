@@ -25,9 +25,8 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.train_step import load_config, synthetic_batch  # noqa: E402
-from lsjax import checkpoints, decoding, generation, model, objective, prompts, sharding, train  # noqa: E402
-from lsjax.train_config import model_config_from  # noqa: E402
+from lsjax import (checkpoints, data, decoding, generation, model, objective, prompts, sharding, train,  # noqa: E402
+                   train_config)
 
 # Dense bf16 peak TFLOP/s and HBM GB/s per device, by jax's device_kind (a chip for TPUs).
 PEAKS = {"TPU v4": (275, 1200), "TPU v5 lite": (197, 819), "TPU v5e": (197, 819), "TPU v5p": (459, 2765),
@@ -61,7 +60,7 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 def measure_training(cfg, mesh, steps: int):
-    config = model_config_from(cfg)
+    config = train_config.model_config_from(cfg)
     t = cfg.train
     optimizer = train.make_optimizer(t)
     shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer,
@@ -69,7 +68,7 @@ def measure_training(cfg, mesh, steps: int):
     state = train.init_state(config, optimizer, shardings, seed=0)
     rows = train.batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
     step = train.sharded_step(config, objective.Recipe.from_config(t), optimizer, t.grad_accum, shardings, rows)
-    batch = {k: jax.device_put(v, rows[k]) for k, v in synthetic_batch(config, t.batch_size, cfg.data.seq_len).items()}
+    batch = {k: jax.device_put(v, rows[k]) for k, v in data.synthetic_batch(config.vocab_size, t.batch_size, cfg.data.seq_len).items()}
     state, _ = step(state, batch)  # compile
     times = []
     for _ in range(steps):
@@ -114,7 +113,7 @@ def main(argv=None):
     table_tflops, table_gbps = PEAKS.get(kind, (None, None))
     peak_tflops, peak_gbps = args.peak_tflops or table_tflops, args.peak_gbps or table_gbps
     print(f"{mesh.size} x {kind}, mesh (data, fsdp, tensor) = {tuple(mesh.shape.values())}")
-    train_figures = measure_training(load_config(args.config), mesh, args.steps)
+    train_figures = measure_training(train_config.from_file(args.config), mesh, args.steps)
     mfu = train_figures["model_tflops_per_second_per_device"] / peak_tflops if peak_tflops else None
     print(f"training: {train_figures['tokens_per_second']:,.0f} tokens/s, "
           f"{train_figures['tokens_per_second_per_device']:,.0f} tokens/s/device, "

@@ -12,7 +12,6 @@ Writes train_step.json and train_step.png under --out.
 
 import argparse
 import functools
-import importlib.util
 import json
 import statistics
 import time
@@ -27,33 +26,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # config files import `configs.base`
-import numpy as np  # noqa: E402
-
-from lsjax import early_exit, model, objective, train  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lsjax
+from lsjax import data, early_exit, model, objective, train, train_config  # noqa: E402
 from lsjax.config import LlamaConfig  # noqa: E402
-from lsjax.train_config import model_config_from  # noqa: E402
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def synthetic_batch(config, batch_size, seq_len, seed=0):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, config.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
-    ones = np.ones((batch_size, seq_len), np.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": ones,
-            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
-            "loss_mask": ones.astype(np.float32), "sample_index": np.arange(batch_size)}
 
 
 def step_times(cfg, repeats):
-    config = model_config_from(cfg)
-    batch = synthetic_batch(config, cfg.train.batch_size, cfg.data.seq_len)
+    config = train_config.model_config_from(cfg)
+    batch = data.synthetic_batch(config.vocab_size, cfg.train.batch_size, cfg.data.seq_len)
     optimizer = train.make_optimizer(cfg.train)
     layerskip = objective.Recipe.from_config(cfg.train)
     plain = layerskip._replace(p_max=0.0, e_scale=0.0, self_distill_beta=0.0)
@@ -94,7 +74,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = train_config.from_file(args.config)
     config, times = step_times(cfg, args.repeats)
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratio = medians["layerskip"] / medians["plain"]

@@ -288,6 +288,17 @@ def eval_batches(source: Sequence[str], tokenizer, *, seq_len: int, global_batch
     return itertools.islice(itertools.chain(batches, padding), num_batches)
 
 
+def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of uniformly random tokens with every field a training step reads (one document per row): for
+    measuring speed and memory without a corpus."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
+    ones = np.ones((batch_size, seq_len), np.int32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": ones,
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
+            "loss_mask": ones.astype(np.float32), "sample_index": np.arange(batch_size)}
+
+
 def _empty(seq_len: int) -> dict[str, np.ndarray]:
     return {key: np.zeros((0, seq_len), np.float32 if key == "loss_mask" else np.int32) for key in FIELDS}
 

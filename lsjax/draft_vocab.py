@@ -6,8 +6,8 @@ most costs K/V of that, adds no parameter, and loses only the drafts the subset 
 verification still sees the whole vocabulary, so greedy output is unchanged and sampling stays exact).
 
 The ranking of every token id by frequency is chosen once and kept with the model as `draft_vocab.json`
-(training exports write it from their corpus); a checkpoint without one is ranked on the Python standard
-library with its own tokenizer, the corpus lsjax trains on.
+(`save`, with the ranking of the model's own corpus); a checkpoint without one is ranked on the Python
+standard library with its own tokenizer, the corpus lsjax trains on.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
+import sys
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import jax
@@ -25,6 +28,22 @@ from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScali
 RESUME_FROZEN = ("model.", "tokenizer.", "init_from", "data.", "train.seed", "train.batch_size")
 RESUME_FREE = ("model.dtype", "model.remat", "model.attention", "data.data_dir")
 OPTIONAL_KEYS = ("model.rope_scaling",)  # read by `model_config_from` when a config sets it
+
+
+def from_file(spec: str):
+    """The ConfigDict of a config file given as FILE or FILE:ARG, as on train.py's command line (for scripts
+    that take train.py's configs without its flags). The file's parent's parent goes on sys.path, since config
+    files import each other as `configs.base`."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"lsjax_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    root = str(Path(path).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:

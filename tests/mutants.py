@@ -140,8 +140,8 @@ MUTANTS: Dict[str, Mutant] = {
     "cache-write-shifted": Mutant(
         "the KV cache writes the new tokens one slot late",
         "lsjax/model.py",
-        "lax.dynamic_update_slice_in_dim(b, n, i, axis=0)",
-        "lax.dynamic_update_slice_in_dim(b, n, i + 1, axis=0)",
+        "slots = write_index[:, None] + jnp.arange(t, dtype=write_index.dtype)[None, :]",
+        "slots = write_index[:, None] + 1 + jnp.arange(t, dtype=write_index.dtype)[None, :]",
         "tests/test_kvcache.py"),
     "prefill-wrong-position": Mutant(
         "the prefill unembeds the position after each right-padded row's last prompt token",

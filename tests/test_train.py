@@ -323,3 +323,17 @@ def test_unprepared_tfds_dataset_is_a_one_line_error(tmp_path, data_dir):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "no_such_dataset" in last
+
+
+def test_a_config_file_loads_for_scripts_as_train_py_reads_it(tmp_path):
+    """train_config.from_file (the benchmarks' loader) runs FILE:ARG's get_config(ARG), with `configs.base`
+    importable from a file outside the repository's own directory."""
+    variant = tmp_path / "configs" / "mine.py"
+    variant.parent.mkdir()
+    shutil.copy(ROOT / "configs" / "base.py", variant.parent / "base.py")
+    variant.write_text("from configs import base\ndef get_config(arg='a'):\n    cfg = base.get_config()\n"
+                       "    cfg.train.steps = {'a': 7, 'b': 9}[arg]\n    return cfg\n")
+    assert train_config.from_file(str(variant)).train.steps == 7
+    assert train_config.from_file(f"{variant}:b").train.steps == 9
+    with pytest.raises(ConfigError, match=r"^config file '.*no_such.py' does not exist$"):
+        train_config.from_file(str(tmp_path / "no_such.py"))
