@@ -178,17 +178,44 @@ def config_to_hf(config: LlamaConfig) -> Dict[str, Any]:
 
 # --- weights -----------------------------------------------------------------------------------------------
 
-def _hf_weight_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
-    """Shapes of one layer's HF tensors (name suffixes under model.layers.{i}.)."""
-    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
-    return {
-        "self_attn.q_proj.weight": (config.num_heads * hd, d),
-        "self_attn.k_proj.weight": (config.num_kv_heads * hd, d),
-        "self_attn.v_proj.weight": (config.num_kv_heads * hd, d),
-        "self_attn.o_proj.weight": (d, config.num_heads * hd),
-        "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f),
-        "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
-    }
+class _LayerTensor(NamedTuple):
+    """One layer's HF tensor (its name under model.layers.{i}.) and where it lives among lsjax's params."""
+    leaf: Tuple[str, str]  # (group, name) in params["layers"]
+    shape: Callable[[LlamaConfig], Tuple[int, ...]]  # HF's (out, in) shape
+    to_lsjax: Callable[[np.ndarray, LlamaConfig], np.ndarray]
+    to_hf: Callable[[np.ndarray, LlamaConfig], np.ndarray]
+
+
+def _same(w, c):
+    return w
+
+
+def _projection(heads: Callable[[LlamaConfig], int]) -> Tuple[Callable, Callable, Callable]:
+    """(shape, to_lsjax, to_hf) of a q/k/v projection: HF (heads * hd, d) <-> lsjax (d, heads, hd)."""
+    return (lambda c: (heads(c) * c.head_dim, c.hidden_size),
+            lambda w, c: w.T.reshape(c.hidden_size, heads(c), c.head_dim),
+            lambda w, c: w.reshape(c.hidden_size, -1).T)
+
+
+# The params layout, one place: every HF tensor of a layer, its lsjax leaf and both conversions.
+LAYER_TENSORS: Dict[str, _LayerTensor] = {
+    "self_attn.q_proj.weight": _LayerTensor(("attn", "q"), *_projection(lambda c: c.num_heads)),
+    "self_attn.k_proj.weight": _LayerTensor(("attn", "k"), *_projection(lambda c: c.num_kv_heads)),
+    "self_attn.v_proj.weight": _LayerTensor(("attn", "v"), *_projection(lambda c: c.num_kv_heads)),
+    "self_attn.o_proj.weight": _LayerTensor(
+        ("attn", "o"), lambda c: (c.hidden_size, c.num_heads * c.head_dim),
+        lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
+        lambda w, c: w.reshape(-1, c.hidden_size).T),
+    "mlp.gate_proj.weight": _LayerTensor(("mlp", "gate"), lambda c: (c.intermediate_size, c.hidden_size),
+                                         lambda w, c: w.T, lambda w, c: w.T),
+    "mlp.up_proj.weight": _LayerTensor(("mlp", "up"), lambda c: (c.intermediate_size, c.hidden_size),
+                                       lambda w, c: w.T, lambda w, c: w.T),
+    "mlp.down_proj.weight": _LayerTensor(("mlp", "down"), lambda c: (c.hidden_size, c.intermediate_size),
+                                         lambda w, c: w.T, lambda w, c: w.T),
+    "input_layernorm.weight": _LayerTensor(("attn_norm", "scale"), lambda c: (c.hidden_size,), _same, _same),
+    "post_attention_layernorm.weight": _LayerTensor(("mlp_norm", "scale"), lambda c: (c.hidden_size,), _same,
+                                                    _same),
+}
 
 
 def tensor_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
@@ -196,25 +223,18 @@ def tensor_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
     vd = (config.vocab_size, config.hidden_size)
     shapes = {"model.embed_tokens.weight": vd, "model.norm.weight": (config.hidden_size,)}
     for i in range(config.num_layers):
-        shapes.update({f"model.layers.{i}.{suffix}": shape for suffix, shape in _hf_weight_shapes(config).items()})
+        shapes.update({f"model.layers.{i}.{suffix}": t.shape(config) for suffix, t in LAYER_TENSORS.items()})
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = vd
     return shapes
 
 
 def _layer_to_lsjax(config: LlamaConfig, w: Dict[str, np.ndarray]) -> Dict[str, Any]:
-    """One layer's HF tensors (out, in) to lsjax kernels (in, ..., out)."""
-    d, h, kv, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-    return {
-        "attn": {"q": w["self_attn.q_proj.weight"].T.reshape(d, h, hd),
-                 "k": w["self_attn.k_proj.weight"].T.reshape(d, kv, hd),
-                 "v": w["self_attn.v_proj.weight"].T.reshape(d, kv, hd),
-                 "o": w["self_attn.o_proj.weight"].T.reshape(h, hd, d)},
-        "mlp": {"gate": w["mlp.gate_proj.weight"].T, "up": w["mlp.up_proj.weight"].T,
-                "down": w["mlp.down_proj.weight"].T},
-        "attn_norm": {"scale": w["input_layernorm.weight"]},
-        "mlp_norm": {"scale": w["post_attention_layernorm.weight"]},
-    }
+    """One layer's HF tensors (out, in) to lsjax's nested leaves (in, ..., out)."""
+    layer: Dict[str, Any] = {}
+    for suffix, t in LAYER_TENSORS.items():
+        layer.setdefault(t.leaf[0], {})[t.leaf[1]] = t.to_lsjax(w[suffix], config)
+    return layer
 
 
 class _TensorReader:
@@ -308,10 +328,10 @@ def load_tensors(config: LlamaConfig, reader: TensorReader, shardings=None):
     target = lambda group, name: None if shardings is None else shardings[group][name]
     stacked_shardings = None if shardings is None else jax.tree.leaves(shardings["layers"])
     layer_shardings = None if shardings is None else [sharding.without_leading_axis(s) for s in stacked_shardings]
-    shapes = _hf_weight_shapes(config)
     layers = []  # per layer, its leaves on the devices (in the order of the layer tree's leaves)
     for i in range(config.num_layers):
-        raw = {suffix: reader.get(f"model.layers.{i}.{suffix}", shape, np_dtype) for suffix, shape in shapes.items()}
+        raw = {suffix: reader.get(f"model.layers.{i}.{suffix}", t.shape(config), np_dtype)
+               for suffix, t in LAYER_TENSORS.items()}
         leaves, layer_tree = jax.tree.flatten(_layer_to_lsjax(config, raw))
         layers.append([place(a, s) for a, s in zip(leaves, layer_shardings or [None] * len(leaves))])
         del raw, leaves  # this layer's host copies go before the next layer is read
@@ -336,44 +356,29 @@ def load_tensors(config: LlamaConfig, reader: TensorReader, shardings=None):
 
 # --- export ------------------------------------------------------------------------------------------------
 
-# How one layer's HF tensor comes out of the stacked layer leaf it lives in: (leaf path, to the HF layout).
-_LAYER_EXPORT: Dict[str, Tuple[Tuple[str, str], Callable[[np.ndarray, int], np.ndarray]]] = {
-    "self_attn.q_proj.weight": (("attn", "q"), lambda w, d: w.reshape(d, -1).T),
-    "self_attn.k_proj.weight": (("attn", "k"), lambda w, d: w.reshape(d, -1).T),
-    "self_attn.v_proj.weight": (("attn", "v"), lambda w, d: w.reshape(d, -1).T),
-    "self_attn.o_proj.weight": (("attn", "o"), lambda w, d: w.reshape(-1, d).T),
-    "mlp.gate_proj.weight": (("mlp", "gate"), lambda w, d: w.T),
-    "mlp.up_proj.weight": (("mlp", "up"), lambda w, d: w.T),
-    "mlp.down_proj.weight": (("mlp", "down"), lambda w, d: w.T),
-    "input_layernorm.weight": (("attn_norm", "scale"), lambda w, d: w),
-    "post_attention_layernorm.weight": (("mlp_norm", "scale"), lambda w, d: w),
-}
-
-
 class _ExportTensor(NamedTuple):
     name: str
     nbytes: int
     fetch: Callable[[], np.ndarray]  # gathers only this tensor onto the host
 
 
-def _fetch(leaf, index: Optional[int], to_hf: Callable[[np.ndarray, int], np.ndarray], d: int):
+def _fetch(leaf, index: Optional[int], to_hf: Callable[[np.ndarray, LlamaConfig], np.ndarray], config: LlamaConfig):
     """A thunk that gathers leaf[index] (one layer's slice) onto the host and lays it out as HF stores it."""
-    return lambda: np.ascontiguousarray(to_hf(np.asarray(leaf if index is None else leaf[index]), d))
+    return lambda: np.ascontiguousarray(to_hf(np.asarray(leaf if index is None else leaf[index]), config))
 
 
 def _export_plan(config: LlamaConfig, params) -> List[_ExportTensor]:
     """Every HF tensor of `params`, in file order, with its size known before anything is gathered."""
-    d, same = config.hidden_size, lambda w, d: w
     embedding, norm = params["embed"]["embedding"], params["final_norm"]["scale"]
-    sources = [("model.embed_tokens.weight", embedding, _fetch(embedding, None, same, d)),
-               ("model.norm.weight", norm, _fetch(norm, None, same, d))]
+    sources = [("model.embed_tokens.weight", embedding, _fetch(embedding, None, _same, config)),
+               ("model.norm.weight", norm, _fetch(norm, None, _same, config))]
     for i in range(config.num_layers):
-        for suffix, ((group, leaf_name), to_hf) in _LAYER_EXPORT.items():
-            leaf = params["layers"][group][leaf_name]
-            sources.append((f"model.layers.{i}.{suffix}", leaf, _fetch(leaf, i, to_hf, d)))
+        for suffix, t in LAYER_TENSORS.items():
+            leaf = params["layers"][t.leaf[0]][t.leaf[1]]
+            sources.append((f"model.layers.{i}.{suffix}", leaf, _fetch(leaf, i, t.to_hf, config)))
     if not config.tie_word_embeddings:
         kernel = params["lm_head"]["kernel"]
-        sources.append(("lm_head.weight", kernel, _fetch(kernel, None, lambda w, d: w.T, d)))
+        sources.append(("lm_head.weight", kernel, _fetch(kernel, None, lambda w, c: w.T, config)))
     shapes = tensor_shapes(config)
     return [_ExportTensor(name, math.prod(shapes[name]) * np.dtype(leaf.dtype).itemsize, fetch)
             for name, leaf, fetch in sources]
