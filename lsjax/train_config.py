@@ -1,6 +1,9 @@
-"""Validation of training configs (ml_collections files in configs/) before anything compiles.
+"""Training configs (ml_collections files in configs/): validated before anything compiles, then split once
+into typed sections (`TrainSettings`) that the training code reads.
 
-The allowed names come from the modules that implement them, so the checks cannot drift from the code.
+The allowed names come from the modules that implement them, so the checks cannot drift from the code. The
+ConfigDict stays the format on the command line and on disk (a workdir's config.json, what a resume is
+compared against); nothing past `TrainSettings.from_config` reads it by key.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Self
 
 import jax
 import numpy as np
 
-from lsjax import data, early_exit, layer_dropout
+from lsjax import data, early_exit, layer_dropout, objective
 from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScaling, require_memory
 
 # Keys a resume may not change, because the checkpoint or the data iterator's position would no longer mean
@@ -88,6 +91,149 @@ def model_config_from(cfg) -> LlamaConfig:
     return LlamaConfig(**fields)
 
 
+# --- typed sections: what the training code reads ----------------------------------------------------------
+
+class _Section:
+    """Settings read from one config section (`SECTION`; "" for the top level), one dataclass field a key of
+    the same name: a new key of that section is a new field."""
+
+    SECTION = ""
+
+    @classmethod
+    def from_config(cls, cfg) -> Self:
+        section = cfg[cls.SECTION] if cls.SECTION else cfg
+        return cls(**{field.name: section[field.name] for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSettings(_Section):
+    """The tokenizer: a saved one (`path`), or else one of `vocab_size` tokens trained on the corpus."""
+
+    SECTION = "tokenizer"
+    path: str
+    vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings(_Section):
+    """Where the text comes from and how it is packed (`lsjax.data.sources`, `make_batches`)."""
+
+    SECTION = "data"
+    source: str  # one of data.SOURCES
+    name: str  # source tfds: the prepared dataset
+    data_dir: str  # where datasets are prepared ("": TFDS's default)
+    path: str  # source local_text: the folder of text files
+    text_field: str  # the feature (or .jsonl field) holding the text
+    max_files: int  # python_stdlib and local_text: at most this many files (0: all)
+    seq_len: int
+    shuffle_window: int  # packed rows are shuffled within windows of this many rows
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings(_Section):
+    """AdamW and its learning-rate schedule (`lsjax.train.make_optimizer`); the schedule ends at `steps`."""
+
+    SECTION = "train"
+    learning_rate: float  # the peak
+    warmup_steps: int
+    end_lr_ratio: float  # the last step's learning rate over the peak
+    weight_decay: float
+    b1: float
+    b2: float
+    grad_clip: float  # the largest global norm of a gradient
+    steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings(_Section):
+    """The device mesh's (data, fsdp, tensor) sizes (-1: the rest), and whether to start JAX's multi-host
+    runtime first."""
+
+    SECTION = "mesh"
+    data: int
+    fsdp: int
+    tensor: int
+    distributed: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data, self.fsdp, self.tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings(_Section):
+    """The run's own keys of the `train` section: its length, global batch, seed, and how often it logs,
+    evaluates and saves."""
+
+    SECTION = "train"
+    steps: int
+    batch_size: int
+    grad_accum: int
+    seed: int
+    loss_chunk_size: int  # also held-out evaluation's
+    log_every: int
+    eval_every: int
+    eval_batches: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    skip_nonfinite_steps: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings(_Section):
+    """Where and in which dtype the trained model is written in Hugging Face format."""
+
+    export_dir: str  # "": WORKDIR/hf
+    export_dtype: str  # "": model.param_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The model a run trains, all but the tokenizer's special ids (`checkpoints.model_config` adds them):
+    the `model` section's keys as `config`, or, with init_from, that checkpoint's architecture in the
+    section's param_dtype, dtype, remat and attention."""
+
+    init_from: str
+    config: LlamaConfig | None  # None with init_from: the section's shape keys are not read
+    param_dtype: str
+    dtype: str
+    remat: str
+    attention: str
+
+    @classmethod
+    def from_config(cls, cfg) -> ModelSettings:
+        """Also for a workdir's config.json (not validated again as a whole)."""
+        if cfg.init_from:
+            section = cfg.model
+            return cls(cfg.init_from, None, section.param_dtype, section.dtype, section.remat, section.attention)
+        config = model_config_from(cfg)
+        return cls("", config, config.param_dtype, config.dtype, config.remat, config.attention)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """A training config as typed sections. The `train` section feeds three of them: the optimiser, the
+    LayerSkip recipe (`objective.Recipe.from_config`) and the run's own keys."""
+
+    model: ModelSettings
+    tokenizer: TokenizerSettings
+    data: DataSettings
+    optimizer: OptimizerSettings
+    recipe: objective.Recipe
+    mesh: MeshSettings
+    run: RunSettings
+    export: ExportSettings
+
+    @classmethod
+    def from_config(cls, cfg) -> TrainSettings:
+        """The sections of `cfg` once `validate_train_config` has passed it (or raised a one-line ConfigError)."""
+        validate_train_config(cfg)
+        return cls(model=ModelSettings.from_config(cfg), tokenizer=TokenizerSettings.from_config(cfg),
+                   data=DataSettings.from_config(cfg), optimizer=OptimizerSettings.from_config(cfg),
+                   recipe=objective.Recipe.from_config(cfg.train), mesh=MeshSettings.from_config(cfg),
+                   run=RunSettings.from_config(cfg), export=ExportSettings.from_config(cfg))
+
+
 def check_train_memory(config: LlamaConfig) -> None:
     """The params, their gradients and two Adam moments must fit in this process's devices before anything is
     allocated: a model too large for the machine is then one line, not an abort in XLA or a swap storm."""
@@ -96,7 +242,7 @@ def check_train_memory(config: LlamaConfig) -> None:
                    f"(hidden_size={config.hidden_size})", state_bytes, jax.local_devices())
 
 
-def resume_changes(old, new) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tuple[Any, Any]]]:
+def resume_changes(old, new) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
     """(refused, allowed): the keys whose values differ between a workdir's training config and a resuming
     run's, as {key: (old, new)}, split by whether a resume may change them (`RESUME_FROZEN`)."""
     before, after = _flat(old), _flat(new)
@@ -106,7 +252,7 @@ def resume_changes(old, new) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tupl
     return ({k: v for k, v in changed.items() if frozen(k)}, {k: v for k, v in changed.items() if not frozen(k)})
 
 
-def _flat(cfg, prefix: str = "") -> Dict[str, Any]:
+def _flat(cfg, prefix: str = "") -> dict[str, Any]:
     """{'train.p_max': 0.1, ...} from a (nested) ConfigDict or dict; JSON-normalised (tuples become lists)."""
     out = {}
     for key, value in dict(cfg).items():

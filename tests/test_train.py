@@ -1,5 +1,6 @@
 """Training end to end on configs/tiny.py: the loss falls, a SIGKILLed run resumes exactly, bad configs fail early."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -247,6 +248,23 @@ def test_a_config_file_must_set_exactly_the_base_keys():
     cfg = tiny_config()
     cfg.model.rope_scaling = {"factor": 8.0}  # optional: model_config_from reads it when present
     train_config.check_config_keys(cfg, base.get_config(), "--config x.py")
+
+
+def test_every_config_key_is_read_into_a_typed_section():
+    """A key added to configs/base.py becomes a field of the same name in its section's class
+    (`train_config.TrainSettings`); until it does, nothing in the training code reads it."""
+    from configs import base
+    settings = train_config.TrainSettings.from_config(tiny_config())
+    read = {"init_from"} | {f"model.{f.name}" for f in dataclasses.fields(settings.model.config)}
+    read |= {f.name for f in dataclasses.fields(settings.export)}
+    read |= {f"train.{name}" for name in settings.recipe._fields}
+    for section, typed in (("tokenizer", settings.tokenizer), ("data", settings.data), ("mesh", settings.mesh),
+                           ("train", settings.optimizer), ("train", settings.run)):
+        read |= {f"{section}.{f.name}" for f in dataclasses.fields(typed)}
+    keys = set()
+    for section, value in base.get_config().to_dict().items():
+        keys |= {f"{section}.{key}" for key in value} if isinstance(value, dict) else {section}
+    assert keys - read == set()
 
 
 def test_resume_changes_split_what_a_checkpoint_depends_on_from_what_may_change():
