@@ -120,17 +120,28 @@ def load_tokenizer(path) -> tokenizer_lib.Tokenizer:
     return tokenizer_lib.load(path)
 
 
-def model_config(cfg, tok) -> LlamaConfig:
-    """The model a training config describes: the init checkpoint's (with this run's dtypes, remat and
-    attention), or the `model` section with the tokenizer's special ids."""
-    if cfg.init_from:
-        config = load_config(cfg.init_from, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype).replace(
-            remat=cfg.model.remat, attention=cfg.model.attention)
+def model_config(settings: train_config.ModelSettings, tok) -> LlamaConfig:
+    """The one LlamaConfig of a training config's model: the init checkpoint's (with this run's dtypes, remat
+    and attention), or the `model` section's with the tokenizer's special ids."""
+    if settings.init_from:
+        config = load_config(settings.init_from, param_dtype=settings.param_dtype, dtype=settings.dtype).replace(
+            remat=settings.remat, attention=settings.attention)
     else:
-        config = train_config.model_config_from(cfg).replace(
+        config = settings.config.replace(
             bos_token_id=tok.bos_id, eos_token_ids=tuple(tok.eos_ids) if tok.eos_ids else (), pad_token_id=tok.pad_id)
-    check_vocabulary(config, tok, cfg.init_from or f"model.vocab_size={config.vocab_size}")
+    check_vocabulary(config, tok, settings.init_from or f"model.vocab_size={config.vocab_size}")
     return config
+
+
+def run_tokenizer(path: str, init_from: str, workdir) -> Optional[tokenizer_lib.Tokenizer]:
+    """The tokenizer of a training run: tokenizer.path's, the init checkpoint's, or the one the run trained
+    and kept in the workdir; None before it has trained one."""
+    if path:
+        return tokenizer_lib.load(path)
+    if init_from:
+        return load_tokenizer(init_from)
+    saved = Path(workdir) / WORKDIR_TOKENIZER
+    return tokenizer_lib.load(saved) if (saved / "tokenizer.json").is_file() else None
 
 
 def read_train_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -149,16 +160,11 @@ def read_train_config(workdir: Path) -> ml_collections.ConfigDict:
 def workdir_config(workdir: Path) -> Tuple[LlamaConfig, tokenizer_lib.Tokenizer]:
     """The model config and tokenizer of a training workdir, rebuilt from its training config."""
     cfg = read_train_config(workdir)
-    if cfg.tokenizer.path:
-        tok = tokenizer_lib.load(cfg.tokenizer.path)
-    elif cfg.init_from:
-        tok = load_tokenizer(cfg.init_from)
-    elif (Path(workdir) / WORKDIR_TOKENIZER / "tokenizer.json").is_file():
-        tok = tokenizer_lib.load(Path(workdir) / WORKDIR_TOKENIZER)
-    else:
+    tok = run_tokenizer(cfg.tokenizer.path, cfg.init_from, workdir)
+    if tok is None:
         raise CheckpointError(f"{workdir}: no tokenizer (neither tokenizer.path nor init_from in its config.json, "
                               f"nor {WORKDIR_TOKENIZER}/ in the workdir)")
-    return model_config(cfg, tok), tok
+    return model_config(train_config.ModelSettings.from_config(cfg), tok), tok
 
 
 def step_dirs(workdir) -> Dict[int, Path]:

@@ -159,31 +159,32 @@ def _chunks(texts, max_chars: int) -> Iterator[list[str]]:
 
 # --- training configs ---------------------------------------------------------------------------------------
 
-def _config_args(cfg) -> tuple[str, str | None, dict]:
-    """(dataset name, data_dir, arguments) of a training config's `data` section."""
-    data_dir, max_files = cfg.data_dir or None, cfg.max_files or None
-    if cfg.source == "python_stdlib":
+def _config_args(settings) -> tuple[str, str | None, dict]:
+    """(dataset name, data_dir, arguments) of a training config's data section (`train_config.DataSettings`)."""
+    data_dir, max_files = settings.data_dir or None, settings.max_files or None
+    if settings.source == "python_stdlib":
         return "python_stdlib", data_dir, {"max_files": max_files}
-    if cfg.source == "local_text":
-        if not cfg.path:
+    if settings.source == "local_text":
+        if not settings.path:
             raise DataError("data.path is empty: data.source='local_text' needs the folder of text files")
-        return "local_text", data_dir, {"folder": cfg.path, "text_field": cfg.text_field, "max_files": max_files}
-    if not cfg.name:
+        return "local_text", data_dir, {"folder": settings.path, "text_field": settings.text_field,
+                                        "max_files": max_files}
+    if not settings.name:
         raise DataError("data.name is empty: data.source='tfds' needs the name of a prepared TFDS dataset")
-    return cfg.name, data_dir, {"text_feature": cfg.text_field}
+    return settings.name, data_dir, {"text_feature": settings.text_field}
 
 
-def sources(cfg) -> tuple[TextSource, TextSource]:
-    """The train and validation sources of a training config's `data` section, preparing lsjax's corpora."""
-    name, data_dir, kwargs = _config_args(cfg)
+def sources(settings) -> tuple[TextSource, TextSource]:
+    """The train and validation sources of a training config's data section, preparing lsjax's corpora."""
+    name, data_dir, kwargs = _config_args(settings)
     if name in BUILDERS:
         prepare(name, data_dir, **kwargs)
     return tuple(data_source(name, split, data_dir, **kwargs) for split in SPLITS)
 
 
-def training_files(cfg) -> list[Path]:
-    """`corpus_files` of a training config's `data` section, preparing lsjax's corpora."""
-    name, data_dir, kwargs = _config_args(cfg)
+def training_files(settings) -> list[Path]:
+    """`corpus_files` of a training config's data section, preparing lsjax's corpora."""
+    name, data_dir, kwargs = _config_args(settings)
     if name in BUILDERS:
         prepare(name, data_dir, **kwargs)
     return corpus_files(name, data_dir, **kwargs)

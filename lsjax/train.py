@@ -14,6 +14,7 @@ setting newer damaged ones aside; a non-finite loss or gradient norm stops the r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import shutil
@@ -21,9 +22,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +39,7 @@ from tqdm import tqdm
 from lsjax import checkpoints, data, hf, model, objective, plots, sharding, tokenizer as tokenizer_lib
 from lsjax import train_config, workdir as workdir_lib
 from lsjax.config import ConfigError, LlamaConfig
-from lsjax.train_config import validate_train_config
+from lsjax.train_config import OptimizerSettings, TrainSettings
 
 METRICS_FILE = "metrics.jsonl"
 DAMAGED_CHECKPOINTS = "checkpoints-damaged"  # where a resume moves steps newer than the one it restored
@@ -49,22 +52,26 @@ class DivergedError(RuntimeError):
 
 # --- optimiser ---------------------------------------------------------------------------------------------
 
-def lr_schedule(train_cfg) -> optax.Schedule:
+def lr_schedule(settings: OptimizerSettings) -> optax.Schedule:
     """Linear warmup to the peak, then cosine decay to end_lr_ratio x peak at the last step."""
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
-        decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
-        end_value=train_cfg.learning_rate * train_cfg.end_lr_ratio)
+        init_value=0.0, peak_value=settings.learning_rate, warmup_steps=settings.warmup_steps,
+        decay_steps=max(settings.steps, settings.warmup_steps + 1),
+        end_value=settings.learning_rate * settings.end_lr_ratio)
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
+def make_optimizer(settings: OptimizerSettings) -> optax.GradientTransformation:
     """AdamW on the schedule with global-norm clipping; no weight decay on norm scales."""
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: not any(getattr(k, "key", None) == "scale" for k in path), params)
     return optax.chain(
-        optax.clip_by_global_norm(train_cfg.grad_clip),
-        optax.adamw(lr_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay,
-                    mask=decay_mask))
+        optax.clip_by_global_norm(settings.grad_clip),
+        optax.adamw(lr_schedule(settings), b1=settings.b1, b2=settings.b2, weight_decay=settings.weight_decay,
+                    mask=_decay_mask))
+
+
+def _decay_mask(params):
+    """Which params weight decay applies to: all but the norms' scales."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: not any(getattr(k, "key", None) == "scale" for k in path),
+                                            params)
 
 
 # --- the step ---------------------------------------------------------------------------------------------
@@ -133,14 +140,14 @@ def sharded_eval(config: LlamaConfig, chunk_size: int, param_shardings, batch_sh
                    out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
-def batch_shardings(mesh, batch_size: int, seq_len: int) -> Dict[str, NamedSharding]:
+def batch_shardings(mesh, batch_size: int, seq_len: int) -> dict[str, NamedSharding]:
     """Shardings of a training batch's fields: rows over the mesh's batch axes."""
     rows = {key: sharding.batch_sharding(mesh, (batch_size, seq_len)) for key in data.FIELDS}
     rows["sample_index"] = sharding.batch_sharding(mesh, (batch_size,))
     return rows
 
 
-def evaluate(eval_fn, params, batches) -> Dict[str, list]:
+def evaluate(eval_fn, params, batches) -> dict[str, list]:
     """Per-layer held-out loss, perplexity, top-1 accuracy and agreement with the last layer."""
     totals, count = None, 0.0
     for batch in batches:
@@ -152,30 +159,7 @@ def evaluate(eval_fn, params, batches) -> Dict[str, list]:
             "layer_accuracy": accuracy.tolist(), "layer_agreement": agreement.tolist(), "tokens": int(count)}
 
 
-# --- setup ------------------------------------------------------------------------------------------------
-
-def _tokenizer(cfg, workdir: Path):
-    """The configured tokenizer, the init checkpoint's, or a BPE trained on the corpus (kept in workdir)."""
-    if cfg.tokenizer.path:
-        return tokenizer_lib.load(cfg.tokenizer.path)
-    if cfg.init_from:
-        return checkpoints.load_tokenizer(cfg.init_from)
-    saved = workdir / checkpoints.WORKDIR_TOKENIZER
-    if (saved / "tokenizer.json").exists():
-        return tokenizer_lib.load(saved)
-    files = data.training_files(cfg.data)
-    print(f"training a {cfg.tokenizer.vocab_size}-token byte-level BPE on {len(files)} files", file=sys.stderr)
-    tok = tokenizer_lib.train_bpe(files, cfg.tokenizer.vocab_size)
-    tok.save(saved)
-    return tok
-
-
-def _initial_state(cfg, config: LlamaConfig, optimizer, shardings):
-    params = None
-    if cfg.init_from:  # streamed tensor by tensor into the params' shardings
-        params = checkpoints.load_params(cfg.init_from, config, shardings["params"])
-    return init_state(config, optimizer, shardings, params, seed=cfg.train.seed)
-
+# --- the train state ----------------------------------------------------------------------------------------
 
 def init_state(config: LlamaConfig, optimizer, shardings, params=None, seed: int = 0):
     """The step-0 train state, created directly in its shardings: a random init (params=None) runs sharded,
@@ -189,9 +173,20 @@ def init_state(config: LlamaConfig, optimizer, shardings, params=None, seed: int
     return init(params)
 
 
+def abstract_state(config, optimizer):
+    """Shapes and dtypes of a train state, what orbax restores into (no array is allocated)."""
+    return jax.eval_shape(lambda: _fresh_state(config, optimizer, model.init(config, jax.random.key(0))))
+
+
+def _fresh_state(config, optimizer, params):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+
 def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
+
+# --- the loop's bookkeeping ---------------------------------------------------------------------------------
 
 class StopRequest:
     """Ctrl-C (SIGINT) asks the loop to stop after the current step and save it; a second Ctrl-C aborts.
@@ -210,7 +205,7 @@ class StopRequest:
         self.requested = True
         print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -248,13 +243,13 @@ class DivergenceGuard:
 
     def __init__(self, skip: bool):
         self.skip = skip
-        self.pending: List[Tuple[int, jax.Array]] = []  # (step, its non-finite flag, still on the device)
+        self.pending: list[tuple[int, jax.Array]] = []  # (step, its non-finite flag, still on the device)
         self.skipped = 0  # flagged steps read since the last `take_skipped`
 
     def add(self, step: int, flag) -> None:
         self.pending.append((step, flag))
 
-    def check(self, last_checkpoint: Optional[int]) -> None:
+    def check(self, last_checkpoint: int | None) -> None:
         """Raises DivergedError at the first flagged step (unless skipping)."""
         flags = jax.device_get([flag for _, flag in self.pending])
         bad = [step for (step, _), flag in zip(self.pending, flags) if flag]
@@ -272,70 +267,117 @@ class DivergenceGuard:
         return count
 
 
-def run(cfg, workdir) -> Dict[str, Any]:
+# --- a run: set up, restore or init, loop, export -----------------------------------------------------------
+
+def run(cfg, workdir) -> dict[str, Any]:
     """Trains (or resumes) per `cfg` in `workdir`; returns the last held-out evaluation.
 
     Bad configs, workdirs and checkpoints raise one-line `InputError`s before anything but the lock file is
     written; a non-finite loss or gradient norm raises `DivergedError` (see `DivergenceGuard`)."""
-    validate_train_config(cfg)
-    if cfg.mesh.distributed:  # multi-host: JAX's own runtime finds the coordinator (TPU pods, SLURM, ...)
+    settings = TrainSettings.from_config(cfg)
+    if settings.mesh.distributed:  # multi-host: JAX's own runtime finds the coordinator (TPU pods, SLURM, ...)
         jax.distributed.initialize()
     held = (workdir_lib.locked(workdir) if jax.process_index() == 0 else  # one lock for all processes
             contextlib.nullcontext(workdir_lib.prepare(workdir)))
     with held as path:
-        return _train(cfg, path)
+        return _train(cfg, settings, path)
 
 
-def _train(cfg, workdir: Path) -> Dict[str, Any]:
-    """`run` once the workdir is held: checks, setup, resume (or a fresh state), the loop, the export."""
-    mesh = sharding.make_mesh(sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+def _train(cfg, settings: TrainSettings, workdir: Path) -> dict[str, Any]:
+    """`run` once the workdir is held. `cfg`, the ConfigDict, is only what config.json records and what a
+    resume is compared against; everything else reads `settings`."""
+    mesh = sharding.make_mesh(sharding.mesh_shape(*settings.mesh.shape))
     changes = _resume_changes(cfg, workdir)
-    t = cfg.train
-    train_source, eval_source = data.sources(cfg.data)
-    tok = _tokenizer(cfg, workdir)
-    config = checkpoints.model_config(cfg, tok)
-    if cfg.init_from:  # (a model from the config's own keys was checked by validate_train_config)
-        train_config.check_train_memory(config)
-    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    batches = data.make_batches(train_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
-                                seed=t.seed, shuffle_window=cfg.data.shuffle_window, **processes)
-    optimizer = make_optimizer(t)
-    abstract = abstract_state(config, optimizer)
-    shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer, abstract)
-    rows = batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
-    step_fn = sharded_step(config, objective.Recipe.from_config(t), optimizer, t.grad_accum, shardings, rows,
-                           skip_nonfinite=t.skip_nonfinite_steps)
-    eval_fn = sharded_eval(config, t.loss_chunk_size, shardings["params"], rows)
-    global_batch = lambda batch: {key: jax.make_array_from_process_local_data(rows[key], value)
-                                  for key, value in batch.items()}
-    eval_batches = lambda: map(global_batch, data.eval_batches(
-        eval_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size, num_batches=t.eval_batches,
-        **processes))
+    setup = _set_up(settings, mesh, workdir)
     manager = ocp.CheckpointManager(
         (workdir / checkpoints.WORKDIR_CHECKPOINTS).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every,
+        options=ocp.CheckpointManagerOptions(max_to_keep=settings.run.keep_checkpoints,
+                                             save_interval_steps=settings.run.checkpoint_every,
                                              enable_async_checkpointing=True))
     try:  # closed on every path: an exception must not leave orbax's threads holding the process
-        if checkpoints.step_dirs(workdir):  # onto this run's mesh, whatever mesh saved it
-            state = _resume(cfg, workdir, manager, batches, _with_shardings(abstract, shardings), changes)
-        else:
-            state = _initial_state(cfg, config, optimizer, shardings)
-            _write_config(cfg, workdir)
-        state, last_eval = _loop(cfg, workdir, manager, state, batches, step_fn, global_batch,
-                                 lambda params: evaluate(eval_fn, params, eval_batches()))
+        state = _restore_or_init(setup, manager, cfg, changes)
+        state, last_eval = _loop(setup, manager, state)
     finally:
         manager.close()
         _seal(workdir)
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else workdir / "hf"
-    params = multihost_utils.process_allgather(state["params"], tiled=True)  # host arrays on every process
-    if jax.process_index() == 0:
-        exported = config.replace(param_dtype=cfg.export_dtype or config.param_dtype)
-        hf.save(export_dir, exported, jax.tree.map(lambda p: np.asarray(p, exported.jnp_param_dtype), params),
-                tokenizer=tok)
+    export_dir = _export(setup, state["params"])
     return {"step": int(state["step"]), "eval": last_eval, "export_dir": str(export_dir)}
 
 
-def _resume_changes(cfg, workdir: Path) -> Dict[str, list]:
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a run builds before its first step (`_set_up`); restoring, the loop and the export read it."""
+
+    settings: TrainSettings
+    workdir: Path
+    tokenizer: tokenizer_lib.Tokenizer
+    config: LlamaConfig
+    optimizer: optax.GradientTransformation
+    shardings: dict  # the train state's
+    target: dict  # the train state's shapes and dtypes in those shardings: what a checkpoint restores into
+    rows: dict[str, NamedSharding]  # a global batch's fields' shardings
+    step_fn: Callable  # (state, global batch) -> (state, metrics); the state is donated
+    eval_fn: Callable  # (params, global batch) -> per-exit sums and a token count
+    batches: grain.DatasetIterator  # this process's training batches; a checkpoint saves its position
+    eval_source: data.TextSource
+
+
+def _set_up(settings: TrainSettings, mesh, workdir: Path) -> Setup:
+    """The data, tokenizer, model config, optimizer, shardings and compiled functions of a run on `mesh`; no
+    train state is allocated yet."""
+    run, seq_len = settings.run, settings.data.seq_len
+    train_source, eval_source = data.sources(settings.data)
+    tok = _tokenizer(settings, workdir)
+    config = checkpoints.model_config(settings.model, tok)
+    if settings.model.init_from:  # (a model from the config's own keys was checked by validate_train_config)
+        train_config.check_train_memory(config)
+    batches = data.make_batches(train_source, tok, seq_len=seq_len, global_batch_size=run.batch_size, seed=run.seed,
+                                shuffle_window=settings.data.shuffle_window, **_processes())
+    optimizer = make_optimizer(settings.optimizer)
+    abstract = abstract_state(config, optimizer)
+    shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer, abstract)
+    rows = batch_shardings(mesh, run.batch_size, seq_len)
+    return Setup(settings=settings, workdir=workdir, tokenizer=tok, config=config, optimizer=optimizer,
+                 shardings=shardings, target=_with_shardings(abstract, shardings), rows=rows,
+                 step_fn=sharded_step(config, settings.recipe, optimizer, run.grad_accum, shardings, rows,
+                                      skip_nonfinite=run.skip_nonfinite_steps),
+                 eval_fn=sharded_eval(config, run.loss_chunk_size, shardings["params"], rows),
+                 batches=batches, eval_source=eval_source)
+
+
+def _processes() -> dict[str, int]:
+    """This process's place among the run's processes, as the data pipeline takes it."""
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
+def _tokenizer(settings: TrainSettings, workdir: Path) -> tokenizer_lib.Tokenizer:
+    """The run's tokenizer (`checkpoints.run_tokenizer`), or a BPE trained on the corpus and kept in workdir."""
+    tok = checkpoints.run_tokenizer(settings.tokenizer.path, settings.model.init_from, workdir)
+    if tok is not None:
+        return tok
+    files = data.training_files(settings.data)
+    vocab_size = settings.tokenizer.vocab_size
+    print(f"training a {vocab_size}-token byte-level BPE on {len(files)} files", file=sys.stderr)
+    tok = tokenizer_lib.train_bpe(files, vocab_size)
+    tok.save(workdir / checkpoints.WORKDIR_TOKENIZER)
+    return tok
+
+
+def _restore_or_init(setup: Setup, manager, cfg, changes: dict[str, list]):
+    """The newest intact checkpoint's train state (onto this run's mesh, whatever mesh saved it), or the step-0
+    state of a new run; config.json is written either way."""
+    if checkpoints.step_dirs(setup.workdir):
+        return _resume(setup, manager, cfg, changes)
+    model_settings = setup.settings.model
+    params = None
+    if model_settings.init_from:  # streamed tensor by tensor into the params' shardings
+        params = checkpoints.load_params(model_settings.init_from, setup.config, setup.shardings["params"])
+    state = init_state(setup.config, setup.optimizer, setup.shardings, params, seed=setup.settings.run.seed)
+    _write_config(cfg, setup.workdir)
+    return state
+
+
+def _resume_changes(cfg, workdir: Path) -> dict[str, list]:
     """What this run changes in the config its workdir's checkpoints were trained with, {key: [old, new]};
     a one-line ConfigError, before anything is written, when a change would make the checkpoints mean
     something else (`train_config.RESUME_FROZEN`: the model's shape, the tokenizer, the data stream)."""
@@ -354,18 +396,13 @@ def _write_config(cfg, workdir: Path) -> None:
         (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
 
-def _resume(cfg, workdir: Path, manager, batches, target, changes: Dict[str, list]):
+def _resume(setup: Setup, manager, cfg, changes: dict[str, list]):
     """The train state of the newest intact checkpoint, with the data iterator set to its position. Newer
     steps, which could not be used, are moved aside: left in place, orbax would neither save those steps
     again nor count them right when deleting old ones. Then config.json and the resume (its step and the
     config's changes) are recorded."""
-    def restore(step: int):
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                 data=ocp.args.JsonRestore()))
-        batches.set_state(restored.data)
-        return restored.state
-
-    step, state = checkpoints.restore_newest(workdir, restore)
+    workdir = setup.workdir
+    step, state = checkpoints.restore_newest(workdir, functools.partial(_restore_step, setup, manager))
     if jax.process_index() == 0:
         _set_aside(workdir, [newer for newer in checkpoints.step_dirs(workdir) if newer > step])
         _write_config(cfg, workdir)
@@ -377,7 +414,15 @@ def _resume(cfg, workdir: Path, manager, batches, target, changes: Dict[str, lis
     return state
 
 
-def _set_aside(workdir: Path, steps: List[int]) -> None:
+def _restore_step(setup: Setup, manager, step: int):
+    """The train state saved at `step`, with the data iterator set to where it was then."""
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(setup.target),
+                                                             data=ocp.args.JsonRestore()))
+    setup.batches.set_state(restored.data)
+    return restored.state
+
+
+def _set_aside(workdir: Path, steps: list[int]) -> None:
     """Moves these step directories to WORKDIR/checkpoints-damaged (kept for inspection, never deleted)."""
     if not steps:
         return
@@ -407,29 +452,27 @@ def _save(manager, workdir: Path, step: int, state, batches) -> None:
                                                             data=ocp.args.JsonSave(batches.get_state())))
 
 
-def _loop(cfg, workdir: Path, manager, state, batches, step_fn, global_batch, evaluate_params):
+def _loop(setup: Setup, manager, state):
     """Trains from the state's step to train.steps: logs, evaluates, saves and seals, stops on Ctrl-C (after
     saving) or divergence (before saving). Returns (state, the last evaluation)."""
-    t = cfg.train
-    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    run, workdir = setup.settings.run, setup.workdir
     log = MetricsLog(workdir / METRICS_FILE)
-    schedule = lr_schedule(t)
-    guard = DivergenceGuard(t.skip_nonfinite_steps)
+    schedule = lr_schedule(setup.settings.optimizer)
+    guard = DivergenceGuard(run.skip_nonfinite_steps)
     step = int(state["step"])
-    tokens_per_step = t.batch_size * cfg.data.seq_len
+    tokens_per_step = run.batch_size * setup.settings.data.seq_len
     last_eval, sealed = None, True
-    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=run.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     try:
         with StopRequest() as stop:
             window_start, window_steps = time.perf_counter(), 0
-            while step < t.steps:
-                batch = global_batch(_with_sample_index(next(batches), step, t.batch_size, **processes))
-                state, metrics = step_fn(state, batch)
+            while step < run.steps:
+                state, metrics = setup.step_fn(state, _next_batch(setup, step))
                 step += 1
                 window_steps += 1
                 guard.add(step, metrics.pop("nonfinite"))
-                stopping, final = stop.requested, step == t.steps
-                log_due, eval_due = step % t.log_every == 0 or final, step % t.eval_every == 0 or final
+                stopping, final = stop.requested, step == run.steps
+                log_due, eval_due = step % run.log_every == 0 or final, step % run.eval_every == 0 or final
                 save_due = final or stopping or manager.should_save(step)
                 if log_due or eval_due or save_due:
                     guard.check(manager.latest_step())
@@ -441,11 +484,11 @@ def _loop(cfg, workdir: Path, manager, state, batches, step_fn, global_batch, ev
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tps:,.0f}")
                     window_start, window_steps = time.perf_counter(), 0
                 if eval_due:
-                    last_eval = evaluate_params(state["params"])
+                    last_eval = _evaluate(setup, state["params"])
                     log.write("eval", step, **last_eval)
                     plots.training_curves(workdir / METRICS_FILE, workdir / "plots")
                 if save_due:
-                    _save(manager, workdir, step, state, batches)
+                    _save(manager, workdir, step, state, setup.batches)
                     sealed = False
                 elif not sealed and not manager.is_saving_in_progress():  # seal as soon as orbax is done
                     _seal(workdir)
@@ -461,10 +504,33 @@ def _loop(cfg, workdir: Path, manager, state, batches, step_fn, global_batch, ev
     return state, last_eval
 
 
-def abstract_state(config, optimizer):
-    """Shapes and dtypes of a train state, what orbax restores into (no array is allocated)."""
-    return jax.eval_shape(lambda: _fresh_state(config, optimizer, model.init(config, jax.random.key(0))))
+def _next_batch(setup: Setup, step: int) -> dict[str, jax.Array]:
+    """The global batch of `step`: this process's rows, with their sample indices, as global arrays."""
+    rows = _with_sample_index(next(setup.batches), step, setup.settings.run.batch_size, **_processes())
+    return _global_batch(setup.rows, rows)
 
 
-def _fresh_state(config, optimizer, params):
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+def _global_batch(shardings: dict[str, NamedSharding], batch) -> dict[str, jax.Array]:
+    """Global arrays from each process's rows of a batch."""
+    return {key: jax.make_array_from_process_local_data(shardings[key], value) for key, value in batch.items()}
+
+
+def _evaluate(setup: Setup, params) -> dict[str, list]:
+    """`evaluate` on the first train.eval_batches batches of the held-out split (the same ones every time)."""
+    run = setup.settings.run
+    batches = data.eval_batches(setup.eval_source, setup.tokenizer, seq_len=setup.settings.data.seq_len,
+                                global_batch_size=run.batch_size, num_batches=run.eval_batches, **_processes())
+    return evaluate(setup.eval_fn, params, (_global_batch(setup.rows, batch) for batch in batches))
+
+
+def _export(setup: Setup, params) -> Path:
+    """Writes the trained model in Hugging Face format (export_dir, default WORKDIR/hf; in export_dtype, default
+    the param dtype) from the first process; returns its directory."""
+    export, config = setup.settings.export, setup.config
+    export_dir = Path(export.export_dir) if export.export_dir else setup.workdir / "hf"
+    params = multihost_utils.process_allgather(params, tiled=True)  # host arrays on every process
+    if jax.process_index() == 0:
+        exported = config.replace(param_dtype=export.export_dtype or config.param_dtype)
+        hf.save(export_dir, exported, jax.tree.map(lambda p: np.asarray(p, exported.jnp_param_dtype), params),
+                tokenizer=setup.tokenizer)
+    return export_dir
