@@ -30,17 +30,17 @@ import jax  # noqa: E402
 from lsjax import checkpoints, data, model, sharding, train, train_config  # noqa: E402
 
 
-def heldout(cfg, checkpoint) -> dict:
+def heldout(settings: train_config.TrainSettings, checkpoint) -> dict:
     config, params, tok = checkpoints.load_model(checkpoint)
     mesh = sharding.make_mesh((1, 1, 1))
     param_shardings = model.param_shardings(config, mesh)
     params = jax.device_put(params, param_shardings)
-    t = cfg.train
-    rows = train.batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
-    eval_fn = train.sharded_eval(config, t.loss_chunk_size, param_shardings, rows)
-    _, eval_source = data.sources(cfg.data)
-    batches = data.eval_batches(eval_source, tok, seq_len=cfg.data.seq_len, global_batch_size=t.batch_size,
-                                num_batches=t.eval_batches)
+    run, seq_len = settings.run, settings.data.seq_len
+    rows = train.batch_shardings(mesh, run.batch_size, seq_len)
+    eval_fn = train.sharded_eval(config, run.loss_chunk_size, param_shardings, rows)
+    _, eval_source = data.sources(settings.data)
+    batches = data.eval_batches(eval_source, tok, seq_len=seq_len, global_batch_size=run.batch_size,
+                                num_batches=run.eval_batches)
     return train.evaluate(eval_fn, params, batches)
 
 
@@ -80,9 +80,9 @@ def main(argv=None) -> None:
     parser.add_argument("--name", required=True, help="the label of this checkpoint's column")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heldout"))
     args = parser.parse_args(argv)
-    cfg = train_config.from_file(args.config)
-    checkpoint = args.checkpoint or cfg.init_from
-    figures = heldout(cfg, checkpoint)
+    settings = train_config.TrainSettings.from_config(train_config.from_file(args.config))
+    checkpoint = args.checkpoint or settings.model.init_from
+    figures = heldout(settings, checkpoint)
     file = args.out.with_suffix(".json")
     results = json.loads(file.read_text()) if file.exists() else {}
     results[args.name] = {"checkpoint": str(checkpoint), **figures}

@@ -27,9 +27,8 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 
-from lsjax import decoding, generation, model, objective, sharding, train  # noqa: E402
+from lsjax import decoding, generation, model, objective, sharding, train, train_config  # noqa: E402
 from lsjax.config import LlamaConfig, RopeScaling  # noqa: E402
 
 GIB = 2 ** 30
@@ -87,7 +86,7 @@ def _abstract_batch(rows, batch_size: int, seq_len: int) -> dict:
 
 def train_step_memory(config: LlamaConfig, mesh, batch_size: int, seq_len: int) -> dict:
     """Per-device bytes of the compiled LayerSkip train step (state donated, as train.py runs it)."""
-    optimizer = train.make_optimizer(ml_collections.ConfigDict(OPTIMIZER))
+    optimizer = train.make_optimizer(train_config.OptimizerSettings(**OPTIMIZER))
     state = train.abstract_state(config, optimizer)
     shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer, state)
     rows = train.batch_shardings(mesh, batch_size, seq_len)

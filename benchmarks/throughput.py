@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lsjax import (checkpoints, data, decoding, generation, model, objective, prompts, sharding, train,  # noqa: E402
+from lsjax import (checkpoints, data, decoding, generation, model, prompts, sharding, train,  # noqa: E402
                    train_config)
 
 # Dense bf16 peak TFLOP/s and HBM GB/s per device, by jax's device_kind (a chip for TPUs).
@@ -60,15 +60,16 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 def measure_training(cfg, mesh, steps: int):
-    config = train_config.model_config_from(cfg)
-    t = cfg.train
-    optimizer = train.make_optimizer(t)
+    settings = train_config.TrainSettings.from_config(cfg)
+    config = train_config.model_config_from(cfg)  # the model section's shape, also in a config with init_from
+    batch_size, seq_len = settings.run.batch_size, settings.data.seq_len
+    optimizer = train.make_optimizer(settings.optimizer)
     shardings = sharding.train_state_shardings(mesh, model.param_logical_axes(config), optimizer,
                                                train.abstract_state(config, optimizer))
     state = train.init_state(config, optimizer, shardings, seed=0)
-    rows = train.batch_shardings(mesh, t.batch_size, cfg.data.seq_len)
-    step = train.sharded_step(config, objective.Recipe.from_config(t), optimizer, t.grad_accum, shardings, rows)
-    batch = {k: jax.device_put(v, rows[k]) for k, v in data.synthetic_batch(config.vocab_size, t.batch_size, cfg.data.seq_len).items()}
+    rows = train.batch_shardings(mesh, batch_size, seq_len)
+    step = train.sharded_step(config, settings.recipe, optimizer, settings.run.grad_accum, shardings, rows)
+    batch = jax.device_put(data.synthetic_batch(config.vocab_size, batch_size, seq_len), rows)
     state, _ = step(state, batch)  # compile
     times = []
     for _ in range(steps):
@@ -77,10 +78,10 @@ def measure_training(cfg, mesh, steps: int):
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    tokens = t.batch_size * cfg.data.seq_len / seconds
+    tokens = batch_size * seq_len / seconds
     return {"seconds_per_step": seconds, "tokens_per_second": tokens,
             "tokens_per_second_per_device": tokens / mesh.size,
-            "model_tflops_per_second_per_device": tokens * flops_per_token(config, cfg.data.seq_len) / mesh.size / 1e12}
+            "model_tflops_per_second_per_device": tokens * flops_per_token(config, seq_len) / mesh.size / 1e12}
 
 
 def measure_decoding(args, mesh):

@@ -27,20 +27,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lsjax
-from lsjax import data, early_exit, model, objective, train, train_config  # noqa: E402
+from lsjax import data, early_exit, model, train, train_config  # noqa: E402
 from lsjax.config import LlamaConfig  # noqa: E402
 
 
-def step_times(cfg, repeats):
-    config = train_config.model_config_from(cfg)
-    batch = data.synthetic_batch(config.vocab_size, cfg.train.batch_size, cfg.data.seq_len)
-    optimizer = train.make_optimizer(cfg.train)
-    layerskip = objective.Recipe.from_config(cfg.train)
+def step_times(settings, config, repeats):
+    batch = data.synthetic_batch(config.vocab_size, settings.run.batch_size, settings.data.seq_len)
+    optimizer = train.make_optimizer(settings.optimizer)
+    layerskip = settings.recipe
     plain = layerskip._replace(p_max=0.0, e_scale=0.0, self_distill_beta=0.0)
     steps, states = {}, {}
     for name, recipe in (("layerskip", layerskip), ("plain", plain)):
-        steps[name] = jax.jit(functools.partial(train.train_step, config, recipe, optimizer, cfg.train.grad_accum),
-                              donate_argnums=0)
+        step = functools.partial(train.train_step, config, recipe, optimizer, settings.run.grad_accum)
+        steps[name] = jax.jit(step, donate_argnums=0)
         params = model.init(config, jax.random.key(0))
         states[name] = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
         states[name], _ = jax.block_until_ready(steps[name](states[name], batch))  # compile
@@ -50,7 +49,7 @@ def step_times(cfg, repeats):
             start = time.perf_counter()
             states[name], metrics = jax.block_until_ready(steps[name](states[name], batch))
             times[name].append(time.perf_counter() - start)
-    return config, times
+    return times
 
 
 def loss_peak_memory(chunk_size, vocab=128256, hidden=256, layers=8, tokens=2048):
@@ -75,12 +74,14 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     cfg = train_config.from_file(args.config)
-    config, times = step_times(cfg, args.repeats)
+    settings = train_config.TrainSettings.from_config(cfg)
+    config = train_config.model_config_from(cfg)  # the model section's shape, also in a config with init_from
+    times = step_times(settings, config, args.repeats)
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratio = medians["layerskip"] / medians["plain"]
     memory = {"chunked_256": loss_peak_memory(256), "unchunked": loss_peak_memory(1 << 30)}
-    result = {"config": args.config, "device": jax.devices()[0].device_kind, "batch_size": cfg.train.batch_size,
-              "seq_len": cfg.data.seq_len, "num_layers": config.num_layers, "repeats": args.repeats,
+    result = {"config": args.config, "device": jax.devices()[0].device_kind, "batch_size": settings.run.batch_size,
+              "seq_len": settings.data.seq_len, "num_layers": config.num_layers, "repeats": args.repeats,
               "median_step_seconds": medians, "layerskip_over_plain": ratio, "step_seconds": times,
               "early_exit_loss_temp_bytes_128k_vocab_8_exits_2048_tokens": memory}
     args.out.mkdir(parents=True, exist_ok=True)
