@@ -172,9 +172,9 @@ MUTANTS: Dict[str, Mutant] = {
         "a tied model exports lm_head.weight beside the embedding",
         "lsjax/hf.py",
         '    if not config.tie_word_embeddings:\n        kernel = params["lm_head"]["kernel"]\n'
-        '        sources.append(("lm_head.weight", kernel, _fetch(kernel, None, lambda w, d: w.T, d)))',
+        '        sources.append(("lm_head.weight", kernel, _fetch(kernel, None, lambda w, c: w.T, config)))',
         '    kernel = params["lm_head"]["kernel"].T if not config.tie_word_embeddings else embedding\n'
-        '    sources.append(("lm_head.weight", kernel, _fetch(kernel, None, same, d)))',
+        '    sources.append(("lm_head.weight", kernel, _fetch(kernel, None, _same, config)))',
         "tests/test_hf.py"),
 }
 
