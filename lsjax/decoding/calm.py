@@ -48,9 +48,12 @@ def copy_state(config: LlamaConfig, params, cache: kvcache.KVCache, x, index: in
     k = model.apply_rope(jnp.einsum("btd,dhk->bthk", normed, p["attn"]["k"].astype(dtype)), positions,
                          model.rope_frequencies(config))
     v = jnp.einsum("btd,dhk->bthk", normed, p["attn"]["v"].astype(dtype))
-    write = lambda buffers, new: (buffers[:index] + (model._write_rows(buffers[index], new, at),) + buffers[index + 1:]
-                                  if isinstance(buffers, tuple)
-                                  else buffers.at[index].set(model._write_rows(buffers[index], new, at)))
+
+    def write(buffers, new):  # per-layer tuple: that layer's buffer; stacked: in place at (index, row, slot)
+        if isinstance(buffers, tuple):
+            return buffers[:index] + (model._write_rows(buffers[index], new, at),) + buffers[index + 1:]
+        return model._write_rows(buffers, new, at, layer=index)
+
     return cache.replace(k=write(cache.k, k), v=write(cache.v, v))
 
 
