@@ -3,7 +3,7 @@
     python decode.py [--checkpoint DIR] [--prompt TEXT | --prompt-file F | --humaneval IDS]
                      [--strategy autoregressive|early_exit|self_speculative|speculative|calm|free]
                      [--exit-layer E] [--num-speculations D] [--draft-checkpoint DIR]
-                     [--threshold X --measure softmax|top2|state --decay --stack K]
+                     [--threshold X --measure softmax|top2|state --decay --stack K --rollback R]
                      [--max-new-tokens N] [--batch-size B]
                      [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16|float32|float16]
                      [--mesh D,F,T] [--show-drafts] [--json]
@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--measure", default="top2", help="calm and free: softmax, top2 (default) or state (calm)")
     parser.add_argument("--decay", action="store_true", help="calm: the threshold decays with the position")
     parser.add_argument("--stack", type=int, default=8, help="free: most tokens that skip the deep layers (8)")
+    parser.add_argument("--rollback", type=float, default=None,
+                        help="free: rewrite from the first skipped token whose deep loss reaches this (default off)")
     parser.add_argument("--schedule", default="fixed", help="fixed, or heuristic (d +2 / -1 per round)")
     parser.add_argument("--confidence", type=float, default=0.0,
                         help="end a round's drafting when the draft's top probability falls below this")
@@ -146,7 +148,7 @@ def options_from(args):
                    schedule=args.schedule, confidence=args.confidence, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    draft_vocab=args.draft_vocab, threshold=args.threshold, measure=args.measure, decay=args.decay,
-                   stack=args.stack)
+                   stack=args.stack, rollback=args.rollback)
 
 
 def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
     result = decoder.generate(batch)
     if options.strategy != "autoregressive":
         baseline = generation.Decoder(config, params, tok, dataclasses.replace(
-            options, strategy="autoregressive", draft_vocab=0, threshold=None, decay=False), mesh=mesh)
+            options, strategy="autoregressive", draft_vocab=0, threshold=None, decay=False, rollback=None),
+            mesh=mesh)
         reference = baseline.generate(batch)
         result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]
         result["speedup"] = result["tokens_per_second"] / reference["tokens_per_second"]

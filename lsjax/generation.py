@@ -52,6 +52,7 @@ class Options:
     measure: str = "top2"  # calm and free: softmax | top2 | state (calm only)
     decay: bool = False  # calm: the threshold decays with the position
     stack: int = 8  # free: the most tokens that skip the deep layers before a deep pass
+    rollback: Optional[float] = None  # free: rewrite from a skipped token whose deep loss reaches this; None: off
 
     def check(self, config: LlamaConfig) -> "Options":
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
@@ -80,6 +81,10 @@ class Options:
                  f"to the calm and free strategies only, not strategy={self.strategy!r}")
         _require(not self.decay or self.strategy == "calm", "decay applies to the calm strategy only")
         _require(self.stack >= 1, f"stack={self.stack}: expected a positive integer")
+        _require(self.rollback is None or self.strategy == "free", f"rollback={self.rollback} applies to the free "
+                 f"strategy only, not strategy={self.strategy!r}")
+        _require(self.rollback is None or self.rollback >= 0, f"rollback={self.rollback}: expected a loss >= 0 "
+                 f"(0 rolls back every skipped token)")
         threshold = 0.9 if self.threshold is None and self.strategy == "calm" else self.threshold
         return dataclasses.replace(self, exit_layer=exit_layer, threshold=threshold)
 
@@ -107,7 +112,8 @@ class Options:
         ids = () if not self.draft_vocab else np.sort(np.asarray(draft_ranking)[:self.draft_vocab])
         limit = threshold_lib.INITIAL if self.threshold is None else self.threshold
         return decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence,
-                                   draft_ids=ids, threshold=limit)
+                                   draft_ids=ids, threshold=limit,
+                                   rollback=float("inf") if self.rollback is None else self.rollback)
 
 
 def _require(ok: bool, message: str) -> None:

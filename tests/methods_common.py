@@ -1,5 +1,6 @@
-"""What the tests of the compared methods share: the decode loop at one padded width, a loop run to its final
-state, and the check that batched rows decode as they would alone."""
+"""What the tests of the compared methods share: one tiny model, one ragged prompt batch and one padded width
+(so the tests of a strategy reuse one compiled loop: thresholds and rollback are traced knobs), a loop run to
+its final state, and the check that batched rows decode as they would alone."""
 
 import functools
 
@@ -12,6 +13,14 @@ from lsjax import decoding, model
 from lsjax.decoding import Knobs, Settings, state as state_lib
 
 WIDTH = 10  # every prompt batch is padded to this, so examples of one setting share a compiled loop
+NEW_TOKENS = 16
+PROMPTS = [np.random.default_rng(11).integers(0, TINY.vocab_size, n).tolist() for n in (7, 2, 5, 9)]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_params():
+    """TINY with weights large enough that exits disagree (one copy for every test of the methods)."""
+    return scaled_random_model(TINY, 42)
 
 
 def generate(config, params, prompts, max_new_tokens, key=0, knobs=None, draft=None, **settings):
@@ -25,27 +34,32 @@ def generate(config, params, prompts, max_new_tokens, key=0, knobs=None, draft=N
                              draft_params=None if draft is None else model.per_layer(draft_params))
 
 
+def tiny(knobs=None, prompts=None, **settings):
+    """`generate` on TINY over PROMPTS (or prompts), NEW_TOKENS new tokens."""
+    return generate(TINY, tiny_params(), PROMPTS if prompts is None else prompts, NEW_TOKENS, knobs=knobs, **settings)
+
+
 def speculative(config, params, draft, prompts, max_new_tokens, d, **options):
     return generate(config, params, prompts, max_new_tokens, draft=draft, strategy="speculative",
                     num_speculations=d, **options)
 
 
-def run_loop(config, params, settings, prompts, knobs, prepare=None):
-    """The loop of a strategy run to the end, returning its final state (the cache included)."""
+@functools.partial(jax.jit, static_argnames=("config", "settings", "prepare"))
+def _loop(config, params, settings, tokens, lengths, knobs, prepare):
+    state = state_lib.start(config, params, settings, tokens, lengths, settings.output_size, jax.random.key(0), knobs,
+                            max_length=decoding.cache_length(settings, tokens.shape[1]), depth=config.num_layers,
+                            cache_layers=config.num_layers)
+    if prepare is not None:
+        state = prepare(config, params, settings, knobs, state, tokens, lengths)
+    return state_lib.loop(functools.partial(decoding._ROUNDS[settings.strategy], config, params, settings, knobs),
+                          state)
+
+
+def run_loop(config, params, settings, prompts, knobs, prepare=None, per_layer=True):
+    """The loop of a strategy run to the end, returning its final state (the cache included); knobs are
+    traced, so one settings' loop compiles once. per_layer: the decoding layout, else the stacked one."""
     tokens, lengths = right_pad(prompts)
-    params = model.per_layer(params)
-
-    @jax.jit
-    def go(tokens, lengths):
-        state = state_lib.start(config, params, settings, tokens, lengths, settings.output_size, jax.random.key(0),
-                                knobs, max_length=decoding.cache_length(settings, tokens.shape[1]),
-                                depth=config.num_layers, cache_layers=config.num_layers)
-        if prepare is not None:
-            state = prepare(config, params, settings, knobs, state, tokens, lengths)
-        return state_lib.loop(functools.partial(decoding._ROUNDS[settings.strategy], config, params, settings,
-                                                knobs), state)
-
-    return go(tokens, lengths)
+    return _loop(config, model.per_layer(params) if per_layer else params, settings, tokens, lengths, knobs, prepare)
 
 
 def fed_tokens(state, prompts, b):
@@ -54,12 +68,12 @@ def fed_tokens(state, prompts, b):
     return list(prompts[b]) + np.asarray(state.tokens[b, :n - 1]).tolist()
 
 
-def batched_equals_single(**options):
-    params = scaled_random_model(TINY, 42)
-    rng = np.random.default_rng(11)
-    prompts = [rng.integers(0, TINY.vocab_size, n).tolist() for n in (7, 2, 5, 9)]
-    batched = generate(TINY, params, prompts, 16, **options)
-    singles = [generate(TINY, params, [p], 16, **options) for p in prompts]
+def batched_equals_single(knobs, **settings):
+    """The PROMPTS batch against each prompt alone: the same tokens, kinds and layer counts. Returns the batch."""
+    batched = tiny(knobs, **settings)
+    singles = [tiny(knobs, prompts=[p], **settings) for p in PROMPTS]
     assert rows(batched) == [rows(s)[0] for s in singles]
-    np.testing.assert_array_equal(batched.layers, [int(s.layers[0]) for s in singles])
+    for field in ("layers", "accepted", "rounds"):
+        np.testing.assert_array_equal(getattr(batched, field), [int(getattr(s, field)[0]) for s in singles])
+    np.testing.assert_array_equal(batched.kinds, np.concatenate([s.kinds for s in singles]))
     return batched

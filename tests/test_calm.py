@@ -1,41 +1,46 @@
 """CALM-style confidence exits against their references: an unreachable threshold is autoregressive decoding;
 state copying writes each skipped layer's own K/V projections of the exited state; batched rows exit and
-decode as they would alone."""
+decode as they would alone; the confidence measures are the stated formulas."""
 
+from types import SimpleNamespace
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from tests.methods_common import batched_equals_single, fed_tokens, generate, run_loop
-from tests.test_decoding import rows, scaled_random_model
+from tests.methods_common import batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
+from tests.test_decoding import rows
 from lsjax import kvcache, model
-from lsjax.config import LlamaConfig
-from lsjax.decoding import Knobs, Settings, calm
+from lsjax.decoding import Knobs, Settings, calm, confidence
+
+# (measure, decay, a threshold at which some tokens exit early and not all); top2 and softmax differ only
+# in the formula (tested on its own below), state also wires the hidden states, decay the position
+SETTINGS = [("top2", False, 0.02), ("state", True, 0.78)]
 
 
-@pytest.mark.parametrize("seed", [1])
-def test_calm_with_an_unreachable_threshold_is_autoregressive(seed):
-    config = LlamaConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
-                         num_kv_heads=1, tie_word_embeddings=bool(seed), rope_theta=500000.0)
-    params = scaled_random_model(config, seed)
-    rng = np.random.default_rng(3)
-    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (6, 1, 9)]
-    want = rows(generate(config, params, prompts, 10))
-    for measure in calm.confidence.MEASURES:
-        out = generate(config, params, prompts, 10, strategy="calm", confidence=measure,
-                       knobs=Knobs.make(threshold=2.0))
-        assert rows(out) == want, measure
-        assert np.all(np.asarray(out.layers) == config.num_layers * (np.asarray(out.num_tokens) - 1))
+@pytest.mark.parametrize("measure,decay,limit", SETTINGS)
+def test_calm_unreachable_is_autoregressive_and_batched_rows_equal_single_rows(measure, decay, limit):
+    options = dict(strategy="calm", confidence=measure, decay=decay)
+    never = tiny(Knobs.make(threshold=2.0), **options)
+    assert rows(never) == rows(tiny())
+    np.testing.assert_array_equal(never.layers, TINY.num_layers * (np.asarray(never.num_tokens) - 1))
+    out = batched_equals_single(Knobs.make(threshold=limit), **options)
+    layers, tokens = np.asarray(out.layers), np.asarray(out.num_tokens) - 1
+    # rows exited at different depths: some tokens early, not all
+    assert np.all(layers >= tokens) and np.any(layers < TINY.num_layers * tokens), layers
+    assert len(set((layers / tokens).tolist())) > 1, layers
 
 
 def test_calm_state_copying_writes_each_skipped_layers_own_projections():
     """Every token exits after layer 0 (threshold -1): layers 1.. hold, at each generated token's slot, what
-    that layer's own attention block projects from the token's x_1 (computed here by the layer itself)."""
-    config, params = TINY, scaled_random_model(TINY, 42)
+    that layer's own attention block projects from the token's x_1 (computed here by the layer itself). In
+    the stacked cache layout, whose copies are written in place at (layer, row, slot)."""
+    config, params = TINY, tiny_params()
     prompts = [[3, 1, 4, 1, 5], [9, 2]]
     settings = Settings(strategy="calm", output_size=8)
-    state = run_loop(config, params, settings, prompts, Knobs.make(threshold=-1.0))
+    state = run_loop(config, params, settings, prompts, Knobs.make(threshold=-1.0), per_layer=False)
     assert np.all(np.asarray(state.layers) == np.asarray(state.count) - 1)
     for b, prompt in enumerate(prompts):
         fed = fed_tokens(state, prompts, b)
@@ -48,14 +53,25 @@ def test_calm_state_copying_writes_each_skipped_layers_own_projections():
                                                  write_index=jnp.zeros((1,), jnp.int32))
         new = slice(len(prompt), len(fed))
         for layer in range(1, config.num_layers):
-            np.testing.assert_allclose(state.cache.k[layer][b, new], cache.k[layer][0, new], atol=1e-5)
-            np.testing.assert_allclose(state.cache.v[layer][b, new], cache.v[layer][0, new], atol=1e-5)
+            np.testing.assert_allclose(state.cache.k[layer, b, new], cache.k[layer][0, new], atol=1e-5)
+            np.testing.assert_allclose(state.cache.v[layer, b, new], cache.v[layer][0, new], atol=1e-5)
 
 
-@pytest.mark.parametrize("measure,limit,decay", [("top2", 0.02, False), ("softmax", 0.06, True),
-                                                 ("state", 0.78, False)])
-def test_calm_batched_rows_equal_single_rows(measure, limit, decay):
-    out = batched_equals_single(strategy="calm", confidence=measure, decay=decay, knobs=Knobs.make(threshold=limit))
-    layers, tokens = np.asarray(out.layers), np.asarray(out.num_tokens) - 1
-    # rows exited at different depths: some tokens early, not all
-    assert np.all(layers >= tokens) and np.any(layers < TINY.num_layers * tokens), layers
+def test_confidence_measures_are_the_stated_formulas():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 11)).astype(np.float32) * 3
+    probs = np.sort(np.asarray(jax.nn.softmax(logits)), axis=-1)
+    np.testing.assert_allclose(confidence.measure("softmax", logits), probs[:, -1], rtol=1e-6)
+    np.testing.assert_allclose(confidence.measure("top2", logits), probs[:, -1] - probs[:, -2], rtol=1e-5)
+    x, previous = rng.normal(size=(2, 5, 7))
+    cosine = np.sum(x * previous, -1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(previous, axis=-1)
+    np.testing.assert_allclose(confidence.measure("state", None, x, previous), cosine, rtol=1e-5)
+
+
+def test_the_decaying_threshold_is_calms_schedule():
+    """lambda e^(-4 t / N) / 10 + 9 lambda / 10 at generated position t of N; lambda itself without decay."""
+    state = SimpleNamespace(count=jnp.asarray([0, 8, 16]), budget=jnp.int32(16))
+    knobs = Knobs.make(threshold=0.9)
+    want = 0.9 * np.exp(-4 * np.asarray([0, 0.5, 1])) / 10 + 0.81
+    np.testing.assert_allclose(calm.threshold(Settings(decay=True), knobs, state), want, rtol=1e-6)
+    np.testing.assert_allclose(calm.threshold(Settings(), knobs, state), [0.9] * 3, rtol=1e-6)

@@ -8,52 +8,81 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from tests.methods_common import batched_equals_single, fed_tokens, generate, run_loop
+from tests.methods_common import PROMPTS, batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
 from tests.test_decoding import rows, scaled_random_model
 from lsjax import kvcache, model, shallow_deep
-from lsjax.decoding import Knobs, Settings, free, threshold
+from lsjax.decoding import ACCEPTED_DRAFT, FROM_MODEL, Knobs, Settings, free, threshold
+
+FREE = dict(strategy="free", exit_layer=2, stack=3)  # one compiled loop for every threshold and rollback
 
 
-def test_free_at_threshold_one_is_autoregressive_and_at_zero_is_early_exit(tiny_model):
-    config, params = tiny_model
-    rng = np.random.default_rng(5)
-    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (6, 1, 9)]
-    exit_layer = 2
-    never = generate(config, params, prompts, 12, strategy="free", exit_layer=exit_layer, stack=3,
-                     knobs=Knobs.make(threshold=1.0))
-    assert rows(never) == rows(generate(config, params, prompts, 12))
-    always = generate(config, params, prompts, 12, strategy="free", exit_layer=exit_layer, stack=3,
-                      knobs=Knobs.make(threshold=0.0))
-    assert rows(always) == rows(generate(config, params, prompts, 12, strategy="early_exit", exit_layer=exit_layer))
+def test_free_at_threshold_one_is_autoregressive_and_at_zero_is_early_exit():
+    never = tiny(Knobs.make(threshold=1.0), **FREE)
+    assert rows(never) == rows(tiny())
+    always = tiny(Knobs.make(threshold=0.0), **FREE)
+    assert rows(always) == rows(tiny(strategy="early_exit", exit_layer=2))
     assert np.all(np.asarray(always.accepted) == np.asarray(always.num_tokens))
 
 
-@pytest.mark.parametrize("limit", [0.0, 0.005])
-def test_free_deep_cache_of_skipped_tokens_equals_a_full_forward(limit):
-    config, params = TINY, scaled_random_model(TINY, 42)
+def test_free_rollback_at_zero_is_autoregressive_and_unreachable_changes_nothing():
+    """Rollback 0 rewrites every skipped token, so the output is the full model's although most steps exit
+    early (the rewinds show as more rounds than tokens); an unreachable rollback keeps FREE's tokens."""
+    lossy = tiny(Knobs.make(threshold=0.01), **FREE)
+    assert rows(lossy) != rows(tiny())  # the exits changed the output: there is something to roll back
+    exact = tiny(Knobs.make(threshold=0.01, rollback=0.0), **FREE)
+    assert rows(exact) == rows(tiny())
+    assert np.all(np.asarray(exact.kinds)[np.asarray(exact.kinds) > 0] == FROM_MODEL)
+    assert np.all(np.asarray(exact.accepted) == 0)
+    assert np.sum(exact.rounds) > np.sum(exact.num_tokens)
+    unreachable = tiny(Knobs.make(threshold=0.01, rollback=1e9), **FREE)
+    assert rows(unreachable) == rows(lossy)
+    np.testing.assert_array_equal(unreachable.kinds, lossy.kinds)
+    np.testing.assert_array_equal(unreachable.accepted, lossy.accepted)
+
+
+def test_free_deep_cache_of_skipped_tokens_equals_a_full_forward():
+    """At thresholds where tokens skip the deep layers (with and without rollback rewinds), the deep K/V of
+    every token a deep pass covered equal those of a full forward over the row's final tokens."""
+    config, params = TINY, tiny_params()
     prompts = [[3, 1, 4, 1, 5], [9, 2], [7, 7, 7, 1]]
-    settings = Settings(strategy="free", exit_layer=2, stack=3, output_size=14)
-    state = run_loop(config, params, settings, prompts, Knobs.make(threshold=limit), prepare=free.prepare)
-    assert int(np.sum(state.accepted)) > 0
-    for b in range(len(prompts)):
-        fed = fed_tokens(state, prompts, b)
-        cache = kvcache.init_cache(config, 1, len(fed))
-        _, cache = kvcache.prefill(config, params, cache, jnp.asarray([fed]), jnp.asarray([len(fed)]))
-        deep_done = int(state.cache.length[b] - state.extra["kept"][b])
-        assert len(prompts[b]) < deep_done <= len(fed)
-        for layer in range(settings.exit_layer, config.num_layers):
-            np.testing.assert_allclose(state.cache.k[layer][b, :deep_done], cache.k[layer][0, :deep_done], atol=1e-5)
-            np.testing.assert_allclose(state.cache.v[layer][b, :deep_done], cache.v[layer][0, :deep_done], atol=1e-5)
+    settings = Settings(output_size=14, **FREE)
+    for knobs in (Knobs.make(threshold=0.0), Knobs.make(threshold=0.005), Knobs.make(threshold=0.005, rollback=3.0)):
+        state = run_loop(config, params, settings, prompts, knobs, prepare=free.prepare)
+        assert int(np.sum(state.accepted)) > 0
+        for b in range(len(prompts)):
+            fed = fed_tokens(state, prompts, b)
+            cache = kvcache.init_cache(config, 1, len(fed))
+            _, cache = kvcache.prefill(config, params, cache, jnp.asarray([fed]), jnp.asarray([len(fed)]))
+            deep_done = int(state.cache.length[b] - state.extra["kept"][b])
+            assert len(prompts[b]) < deep_done <= len(fed) == int(state.cache.length[b])
+            for layer in range(settings.exit_layer, config.num_layers):
+                for got, want in ((state.cache.k, cache.k), (state.cache.v, cache.v)):
+                    np.testing.assert_allclose(got[layer][b, :deep_done], want[layer][0, :deep_done], atol=1e-5)
 
 
 def test_free_batched_rows_equal_single_rows_and_record_their_pairs():
-    out = batched_equals_single(strategy="free", exit_layer=2, stack=3, knobs=Knobs.make(threshold=0.01))
+    out = batched_equals_single(Knobs.make(threshold=0.01), **FREE)
     accepted, tokens = np.asarray(out.accepted), np.asarray(out.num_tokens)
     assert np.any(accepted > 0) and np.all(accepted < tokens)  # both exits happened
+    # pairs come from the parallel passes (deep passes over tokens the shallow exit was sure of), replayed
+    # here from who chose each token: a pass runs at a token the shallow exit was not sure of or on a full stack
     confidence, agreed = (np.asarray(a) for a in out.extra)
-    judged = agreed >= 0
-    assert judged[:, 0].all() and judged.sum() > tokens.sum() // 2
-    assert set(np.unique(agreed[judged])) <= {0, 1}
+    for b, n in enumerate(tokens):
+        skipped = np.asarray(out.kinds[b, :n]) == ACCEPTED_DRAFT
+        want, pending = [bool(skipped[0])] + [False] * (n - 1), []  # the first: judged by the prefill's logits
+        for i in range(1, n):
+            if not skipped[i] or len(pending) >= FREE["stack"]:
+                for j in pending + [i] if pending or skipped[i] else []:
+                    want[j] = True
+                pending = []
+            else:
+                pending.append(i)
+        np.testing.assert_array_equal(agreed[b, :n] >= 0, want)
+        np.testing.assert_array_equal(confidence[b, :n][want] > 0.01, skipped[want])  # each token's own confidence
+    assert set(np.unique(agreed[agreed >= 0])) == {0, 1}
+    # rollback rewinds rows independently: some rows rewind, the batch still equals its rows alone
+    rolled = batched_equals_single(Knobs.make(threshold=0.01, rollback=3.0), **FREE)
+    assert rows(rolled) != rows(out) and np.sum(rolled.rounds) > np.sum(rolled.num_tokens)
 
 
 # --- the adaptive threshold ------------------------------------------------------------------------------------

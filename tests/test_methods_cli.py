@@ -19,9 +19,8 @@ def draft(checkpoint, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("argv", [["--strategy", "speculative", "--num-speculations", "3"],
-                                  ["--strategy", "calm", "--threshold", "0.001", "--measure", "softmax"],
                                   ["--strategy", "calm", "--threshold", "0.95", "--measure", "state", "--decay"],
-                                  ["--strategy", "free", "--exit-layer", "1"],
+                                  ["--strategy", "free", "--exit-layer", "1", "--rollback", "0.5"],
                                   ["--strategy", "free", "--exit-layer", "2", "--threshold", "0.0", "--stack", "2"]])
 def test_each_method_decodes_as_json(checkpoint, draft, capsys, argv):  # noqa: F811
     extra = ["--draft-checkpoint", str(draft)] if "speculative" in argv else []
@@ -43,6 +42,8 @@ def test_each_method_decodes_as_json(checkpoint, draft, capsys, argv):  # noqa: 
     (["--strategy", "free", "--stack", "0"], "stack=0"),
     (["--strategy", "self_speculative", "--threshold", "0.5"], "threshold=0.5 applies to the calm and free"),
     (["--strategy", "free", "--decay"], "decay applies to the calm strategy only"),
+    (["--strategy", "calm", "--rollback", "1"], "rollback=1.0 applies to the free strategy only"),
+    (["--strategy", "free", "--rollback", "-1"], "rollback=-1.0: expected a loss >= 0"),
 ])
 def test_bad_method_flags_are_one_line_and_exit_2(checkpoint, capsys, argv, needle):  # noqa: F811
     assert decode.main(["--checkpoint", str(checkpoint), *argv]) == 2

@@ -10,46 +10,61 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from tests.conftest import TINY
-from tests.methods_common import generate, speculative
+from tests.methods_common import generate, speculative, tiny_params
 from tests.test_decoding import (DRAWS, NEW_TOKENS, PROMPT, SAMPLING_CONFIG, _accept_every_draft,
                                  _exact_sequence_probabilities, _worst_pair_p_value, rows, scaled_random_model)
 from lsjax import decoding
-from lsjax.config import LlamaConfig
 from lsjax.decoding import Knobs, Sampling, self_speculative
 from lsjax.decoding.speculative import truncated
 
+# Every example shares one target shape (TINY, 3 prompts padded to one width, 16 new tokens) and one draft
+# shape (two layers): a compiled loop per d, whatever the weights and prompts.
+DRAFT_LAYERS, OUT = 2, 16
+DRAFT_CONFIG = dataclasses.replace(TINY, num_layers=DRAFT_LAYERS)
 
-@hsettings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2 ** 16), d=st.sampled_from([1, 2, 4, 8]),
-       lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3), separate=st.booleans())
-def test_speculative_greedy_equals_the_targets_autoregressive_output(seed, d, lengths, separate):
-    config = LlamaConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
-                         num_kv_heads=2, tie_word_embeddings=bool(seed % 2))
-    params = scaled_random_model(config, seed)
-    # a separately initialised draft (rarely right) or the target's first layer (often right)
-    draft = ((dataclasses.replace(config, num_layers=1), scaled_random_model(
-        dataclasses.replace(config, num_layers=1), seed + 1)) if separate else truncated(config, params, 1))
+
+@hsettings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 16), lengths=st.lists(st.integers(1, 9), min_size=3, max_size=3),
+       separate=st.booleans())
+def test_speculative_greedy_equals_the_targets_autoregressive_output(seed, lengths, separate):
+    params = scaled_random_model(TINY, seed)
+    # a separately initialised draft (rarely right) or the target's first layers (often right)
+    draft = (DRAFT_CONFIG, scaled_random_model(DRAFT_CONFIG, seed + 1)) if separate else truncated(TINY, params,
+                                                                                                   DRAFT_LAYERS)
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in lengths]
-    out = speculative(config, params, draft, prompts, 12, d)
-    assert rows(out) == rows(generate(config, params, prompts, 12))
-    kinds = np.asarray(out.kinds)
-    np.testing.assert_array_equal((kinds == decoding.ACCEPTED_DRAFT).sum(1), out.accepted)
+    prompts = [rng.integers(0, TINY.vocab_size, n).tolist() for n in lengths]
+    want = rows(generate(TINY, params, prompts, OUT))
+    for d in (1, 2, 4, 8):
+        out = speculative(TINY, params, draft, prompts, OUT, d)
+        assert rows(out) == want, d
+        kinds = np.asarray(out.kinds)
+        np.testing.assert_array_equal((kinds == decoding.ACCEPTED_DRAFT).sum(1), out.accepted)
 
 
 def test_a_truncated_copy_as_draft_accepts_what_self_speculation_accepts():
     """Same proposals, same rule: the two-model loop with the first E layers as its draft reproduces the
-    self-speculative loop's tokens and statistics for every d."""
-    params = scaled_random_model(TINY, 42)
+    self-speculative loop's tokens and statistics."""
+    params = tiny_params()
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, TINY.vocab_size, n).tolist() for n in (5, 2, 8)]
-    for d in (1, 8):
-        two = speculative(TINY, params, truncated(TINY, params, 2), prompts, 16, d)
-        self = generate(TINY, params, prompts, 16, strategy="self_speculative", exit_layer=2, num_speculations=d)
-        assert rows(two) == rows(self), d
-        np.testing.assert_array_equal(two.accepted, self.accepted)
-        np.testing.assert_array_equal(two.rounds, self.rounds)
-        assert 0 < int(np.sum(two.accepted)) < int(np.sum(two.drafted))
+    two = speculative(TINY, params, truncated(TINY, params, DRAFT_LAYERS), prompts, OUT, 4)
+    self = generate(TINY, params, prompts, OUT, strategy="self_speculative", exit_layer=DRAFT_LAYERS,
+                    num_speculations=4)
+    assert rows(two) == rows(self)
+    for field in ("accepted", "drafted", "rounds"):
+        np.testing.assert_array_equal(getattr(two, field), getattr(self, field))
+    assert 0 < int(np.sum(two.accepted)) < int(np.sum(two.drafted))
+
+
+def test_speculative_does_not_recompile_within_a_bucket():
+    params = tiny_params()
+    draft = truncated(TINY, params, DRAFT_LAYERS)
+    speculative(TINY, params, draft, [[1, 2, 3], [4], [5, 6]], OUT, 2)
+    size = decoding.generate._cache_size()
+    other = (DRAFT_CONFIG, scaled_random_model(DRAFT_CONFIG, 3))
+    speculative(TINY, scaled_random_model(TINY, 3), other, [[5, 6, 7], [8, 9], [1] * 9], OUT, 2, key=3,
+                knobs=Knobs.make(threshold=0.5, temperature=0.7))
+    assert decoding.generate._cache_size() == size
 
 
 def _sampled(params, draft, knobs, sampling):
@@ -76,12 +91,3 @@ def test_speculative_sampling_matches_the_target_and_a_wrong_rule_does_not(monke
     finally:
         jax.clear_caches()
     assert _worst_pair_p_value(wrong, exact) < 1e-6
-
-
-def test_speculative_does_not_recompile_within_a_bucket():
-    params = scaled_random_model(TINY, 1)
-    draft = truncated(TINY, params, 1)
-    speculative(TINY, params, draft, [[1, 2, 3], [4]], 8, 2)
-    size = decoding.generate._cache_size()
-    speculative(TINY, params, draft, [[5, 6, 7], [8, 9]], 8, 2, key=3, knobs=Knobs.make(threshold=0.5))
-    assert decoding.generate._cache_size() == size

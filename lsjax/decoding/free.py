@@ -12,9 +12,18 @@ their stacked tokens and keep their stack, so a row decodes as it would alone.
 The pass is only as wide as the longest stack that needs it (one of a few static widths), so a step
 without skipped tokens costs about what an autoregressive step does.
 
-Every deep pass also yields, per stacked token and for the current one, the pair (shallow confidence,
-whether the shallow token equals the deep argmax): the data of the adaptive threshold
-(`lsjax.decoding.threshold`). Lossy by design; `benchmarks/methods.py` measures how far from the full model.
+Rollback (`Knobs.rollback`, off at +inf): a deep pass also scores each token the row emitted from the
+shallow exit since its last pass, by the deep model's loss -log p_deep(token). From the first whose loss
+reaches the rollback threshold, the output is rewritten: that position gets the deep model's token, the
+tokens after it are dropped and both the output and the cache rewind to it (a change of `count` and
+`length`). A row never ends on a token no deep pass judged: with rollback on, a shallow token that would end
+the row (end of sequence, or the budget) forces the pass. So rollback 0 is autoregressive decoding.
+
+Every parallel pass, a deep pass over skipped tokens, yields per stacked token and for the current one the
+pair (shallow confidence, whether the shallow argmax equals the deep argmax): the data of the adaptive
+threshold (`lsjax.decoding.threshold`). A deep step with no skipped token adds no pair, as in the reference
+code: its one pair would be a token below the threshold, and counting every such token (most tokens at the
+initial 0.9) fills the agree component with low confidences and pulls the threshold down. Lossy by design; `benchmarks/methods.py` measures how far from the full model.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ NO_PAIR = -1  # agreement of an output position no deep pass has judged
 def prepare(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
             prompt_tokens, prompt_lengths) -> DecodeState:
     """After the full prefill: an empty stack, and the first token decided like every later one (the shallow
-    exit's when it is confident, else the full model's, which the prefill picked), with its pair recorded."""
+    exit's when it is confident, else the full model's, which the prefill picked); its pair is recorded when
+    it skipped the deep layers (the prefill's deep logits judge it)."""
     batch, width = state.tokens.shape
     room = settings.stack + 1
     last_slot = state.cache.length - 1
@@ -45,12 +55,16 @@ def prepare(config: LlamaConfig, params, settings: Settings, knobs: sampling.Kno
     out, _ = kvcache.run_cached_layers(config, params, state.cache, model.embed(config, params, last_prompt), 0,
                                        settings.exit_layer, write_index=last_slot)
     logits = model.unembed(config, params, out.x[:, 0])
+    # and through [S, L) (the same deep K/V again): the prefill's full logits, which the rollback rule scores
+    deep, _ = kvcache.run_cached_layers(config, params, state.cache, out.x, settings.exit_layer, config.num_layers,
+                                        write_index=last_slot)
+    deep_logits = model.unembed(config, params, deep.x[:, 0])
     key, draw = jax.random.split(state.key)
     shallow = sampling.pick(settings.sampling, draw, sampling.distribution(settings.sampling, knobs, logits))
     score = confidence.measure(settings.confidence, logits)
-    sure = score > knobs.threshold
+    sure = (score > knobs.threshold) & (_loss(deep_logits, shallow) < knobs.rollback)
     first = jnp.where(sure, shallow, state.last)
-    agreed = (jnp.argmax(logits, axis=-1) == state.last).astype(jnp.int8)
+    agreed = (jnp.argmax(logits, axis=-1) == jnp.argmax(deep_logits, axis=-1)).astype(jnp.int8)
     state = state.replace(
         key=key, last=first, tokens=state.tokens.at[:, 0].set(first),
         kinds=state.kinds.at[:, 0].set(jnp.where(sure, ACCEPTED_DRAFT, FROM_MODEL).astype(jnp.int8)),
@@ -59,7 +73,8 @@ def prepare(config: LlamaConfig, params, settings: Settings, knobs: sampling.Kno
         extra=dict(stack=jnp.zeros((batch, room, config.hidden_size), config.jnp_dtype),
                    stack_confidence=jnp.zeros((batch, room), jnp.float32), kept=jnp.zeros((batch,), jnp.int32),
                    pair_confidence=jnp.zeros((batch, width), jnp.float32).at[:, 0].set(score),
-                   pair_agreed=jnp.full((batch, width), NO_PAIR, jnp.int8).at[:, 0].set(agreed)))
+                   pair_agreed=jnp.full((batch, width), NO_PAIR, jnp.int8).at[:, 0].set(
+                       jnp.where(sure, agreed, NO_PAIR))))
     return state
 
 
@@ -68,9 +83,15 @@ def pass_widths(room: int):
     return [w for w in (1, 2, 4, 8, 16, 32, 64) if w < room] + [room]
 
 
+def _loss(logits, tokens):
+    """-log softmax(logits)[..., token]: the deep model's loss on tokens [...] under logits [..., V]."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
 def pairs(state: DecodeState):
     """(confidence [B, W], agreed [B, W] in {NO_PAIR, 0, 1}): position i's shallow confidence and whether its
-    shallow prediction matched the deep one, where a deep pass judged it."""
+    shallow prediction matched the deep one, where a parallel pass judged it."""
     return state.extra["pair_confidence"], state.extra["pair_agreed"]
 
 
@@ -87,11 +108,14 @@ def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Kno
     out, cache = kvcache.run_cached_layers(config, params, state.cache, x, 0, s, write_index=base)
     x_s = out.x[:, 0]
     shallow_logits = model.unembed(config, params, x_s)
-    sure = confidence.measure(settings.confidence, shallow_logits) > knobs.threshold
+    score = confidence.measure(settings.confidence, shallow_logits)
+    sure = score > knobs.threshold
+    shallow_token = sampling.pick(settings.sampling, shallow_key,
+                                  sampling.distribution(settings.sampling, knobs, shallow_logits))
     stack = extra["stack"].at[rows, kept].set(x_s)
-    stack_confidence = extra["stack_confidence"].at[rows, kept].set(
-        confidence.measure(settings.confidence, shallow_logits))
-    deep = active & (~sure | (kept >= settings.stack))
+    stack_confidence = extra["stack_confidence"].at[rows, kept].set(score)
+    ending = is_eos(settings, shallow_token) | (state.count + 1 >= state.budget)
+    deep = active & (~sure | (kept >= settings.stack) | (ending & (knobs.rollback < jnp.inf)))
 
     def deep_pass(width, cache):  # the first `width` stacked states (a prefix: its K/V are right as they are)
         out, cache = kvcache.run_cached_layers(config, params, cache, stack[:, :width], s, config.num_layers,
@@ -108,32 +132,41 @@ def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Kno
     branch = jnp.where(need == 0, 0, 1 + jnp.searchsorted(jnp.asarray(widths), need))
     branches = [no_pass] + [functools.partial(deep_pass, w) for w in widths]
     deep_logits, cache = lax.switch(branch, branches, cache)
-    shallow_token = sampling.pick(settings.sampling, shallow_key,
-                                  sampling.distribution(settings.sampling, knobs, shallow_logits))
-    deep_token = sampling.pick(settings.sampling, deep_key,
-                               sampling.distribution(settings.sampling, knobs, deep_logits[rows, kept]))
-    token = jnp.where(sure, shallow_token, deep_token)
 
-    # (confidence, agreed) for stacked position j < kept (emitted at output index count - kept + j) and the
-    # current one (j = kept, its shallow argmax)
+    # stacked position j < kept predicted the token emitted at output index count - kept + j; j = kept predicts
+    # this step's token
     column = jnp.arange(room)[None, :]
     index = state.count[:, None] - kept[:, None] + column
     emitted = jnp.take_along_axis(state.tokens, jnp.clip(index, 0, width - 1), axis=1)
-    emitted = jnp.where(column == kept[:, None], jnp.argmax(shallow_logits, axis=-1)[:, None], emitted)
+    current = column == kept[:, None]
+    # the first position the deep model rewrites: a skipped token at or past the rollback loss, or this step's
+    # token when it is not sure; kept (this step's token) when the pass leaves everything as it is
+    loss = _loss(deep_logits, jnp.where(current, shallow_token[:, None], emitted))
+    bad = (loss >= knobs.rollback) | (current & ~sure[:, None])
+    bad = deep[:, None] & bad & (column <= kept[:, None])
+    rewrite = jnp.any(bad, axis=1)
+    at = jnp.where(rewrite, jnp.argmax(bad, axis=1), kept)
+    deep_token = sampling.pick(settings.sampling, deep_key,
+                               sampling.distribution(settings.sampling, knobs, deep_logits[rows, at]))
+    token = jnp.where(rewrite, deep_token, shallow_token)
+    rewind = kept - at  # emitted shallow tokens the rewrite drops (0 without a rewrite)
+
+    # (confidence, agreed) for the stacked positions and the current one (its shallow argmax), in parallel passes
+    emitted = jnp.where(current, jnp.argmax(shallow_logits, axis=-1)[:, None], emitted)
     agreed = (jnp.argmax(deep_logits, axis=-1) == emitted).astype(jnp.int8)
-    judged = deep[:, None] & (column <= kept[:, None])
-    at = jnp.where(judged, index, width)  # out of range: dropped
-    pair_confidence = extra["pair_confidence"].at[rows[:, None], at].set(stack_confidence, mode="drop")
-    pair_agreed = extra["pair_agreed"].at[rows[:, None], at].set(agreed, mode="drop")
+    judged = (deep & ((kept > 0) | sure))[:, None] & (column <= kept[:, None])
+    slot = jnp.where(judged, index, width)  # out of range: dropped
+    pair_confidence = extra["pair_confidence"].at[rows[:, None], slot].set(stack_confidence, mode="drop")
+    pair_agreed = extra["pair_agreed"].at[rows[:, None], slot].set(agreed, mode="drop")
 
     kept = jnp.where(active, jnp.where(deep, 0, kept + 1), kept)
     layers = s + jnp.where(deep, config.num_layers - s, 0)  # layer passes in sequence for this token
     state = state.replace(
-        cache=cache.replace(length=jnp.where(active, base + 1, base)), key=key,
+        cache=cache.replace(length=jnp.where(active, base + 1 - rewind, base)), key=key, count=state.count - rewind,
         last=jnp.where(active, token, state.last), rounds=state.rounds + active,
         layers=state.layers + jnp.where(active, layers, 0), drafted=state.drafted + active,
-        accepted=state.accepted + (active & sure),
+        accepted=state.accepted + (active & ~rewrite) - rewind,
         extra=dict(stack=stack, stack_confidence=stack_confidence, kept=kept, pair_confidence=pair_confidence,
                    pair_agreed=pair_agreed))
-    kinds = jnp.where(sure, ACCEPTED_DRAFT, FROM_MODEL).astype(jnp.int8)[:, None]
+    kinds = jnp.where(rewrite, FROM_MODEL, ACCEPTED_DRAFT).astype(jnp.int8)[:, None]
     return append(settings, state, token[:, None], jnp.ones((batch,), jnp.int32), kinds)
