@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import TINY
 from tests.methods_common import PROMPTS, batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
-from tests.test_decoding import rows, scaled_random_model
+from tests.test_decoding import right_pad, rows, scaled_random_model
 from lsjax import kvcache, model, shallow_deep
 from lsjax.decoding import ACCEPTED_DRAFT, FROM_MODEL, Knobs, Settings, free, threshold
 
@@ -49,15 +49,16 @@ def test_free_deep_cache_of_skipped_tokens_equals_a_full_forward():
     for knobs in (Knobs.make(threshold=0.0), Knobs.make(threshold=0.005), Knobs.make(threshold=0.005, rollback=3.0)):
         state = run_loop(config, params, settings, prompts, knobs, prepare=free.prepare)
         assert int(np.sum(state.accepted)) > 0
+        fed = [fed_tokens(state, prompts, b) for b in range(len(prompts))]
+        tokens, lengths = right_pad(fed)
+        _, cache = kvcache.prefill(config, params, kvcache.init_cache(config, len(fed), tokens.shape[1]),
+                                   jnp.asarray(tokens), jnp.asarray(lengths))
         for b in range(len(prompts)):
-            fed = fed_tokens(state, prompts, b)
-            cache = kvcache.init_cache(config, 1, len(fed))
-            _, cache = kvcache.prefill(config, params, cache, jnp.asarray([fed]), jnp.asarray([len(fed)]))
             deep_done = int(state.cache.length[b] - state.extra["kept"][b])
-            assert len(prompts[b]) < deep_done <= len(fed) == int(state.cache.length[b])
+            assert len(prompts[b]) < deep_done <= len(fed[b]) == int(state.cache.length[b])
             for layer in range(settings.exit_layer, config.num_layers):
                 for got, want in ((state.cache.k, cache.k), (state.cache.v, cache.v)):
-                    np.testing.assert_allclose(got[layer][b, :deep_done], want[layer][0, :deep_done], atol=1e-5)
+                    np.testing.assert_allclose(got[layer][b, :deep_done], want[layer][b, :deep_done], atol=1e-5)
 
 
 def test_free_batched_rows_equal_single_rows_and_record_their_pairs():
@@ -124,39 +125,52 @@ def _objective_batch(config, seed=0):
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def test_the_shallow_deep_loss_is_the_weighted_cross_entropy_of_its_two_exits_plus_alpha_kd():
-    config, params = TINY, scaled_random_model(TINY, 3)
-    inputs, targets = _objective_batch(config)
+@jax.jit
+def _objective_values(params, inputs, targets):
+    """Everything the objective test compares, in one compiled program: per-layer CE, the loss at S = 1
+    without KD, and per mapping at S = 2: KD, the loss with alpha 0.5 and without KD."""
+    config = TINY
     hidden = model.forward(config, params, inputs, collect_hidden=True).hidden
     mask = jnp.ones(targets.shape, jnp.float32)
-    s, total = 1, config.num_layers
-    ce = lambda layer: float(jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(
-        model.unembed(config, params, hidden[layer]), axis=-1), targets[..., None], axis=-1)))
-    want = (s * ce(s - 1) + total * ce(total - 1)) / (s + total)
-    value, out, layers = shallow_deep.loss(config, params, hidden, targets, mask, s, 0.0, "uniform", 64)
-    np.testing.assert_allclose(float(value), want, rtol=1e-5)
+    log_probs = jax.nn.log_softmax(model.unembed(config, params, hidden), axis=-1)  # [L, B, T, V]
+    ce = jnp.mean(-jnp.take_along_axis(log_probs, jnp.broadcast_to(targets[..., None], log_probs.shape[:-1] + (1,)),
+                                       axis=-1)[..., 0], axis=(1, 2))
+    value, _, layers = shallow_deep.loss(config, params, hidden, targets, mask, 1, 0.0, "uniform", 64)
+    per_mapping = {mapping: (shallow_deep.distillation(config, params, hidden, 2, mapping, mask),
+                             shallow_deep.loss(config, params, hidden, targets, mask, 2, 0.5, mapping, 64)[0],
+                             shallow_deep.loss(config, params, hidden, targets, mask, 2, 0.0, mapping, 64)[0])
+                   for mapping in shallow_deep.MAPPINGS}
+    return ce, value, layers, per_mapping
+
+
+def test_the_shallow_deep_loss_is_the_weighted_cross_entropy_of_its_two_exits_plus_alpha_kd():
+    inputs, targets = _objective_batch(TINY)
+    ce, value, layers, per_mapping = _objective_values(scaled_random_model(TINY, 3), inputs, targets)
+    total = TINY.num_layers
+    np.testing.assert_allclose(float(value), (1 * ce[0] + total * ce[total - 1]) / (1 + total), rtol=1e-5)
     assert layers.tolist() == [0, total - 1]
     assert shallow_deep.teachers(2, 8) == [3, 7] and shallow_deep.teachers(1, 4) == [3]
-    for mapping in shallow_deep.MAPPINGS:
-        kd = shallow_deep.distillation(config, params, hidden, 2, mapping, mask)
-        with_kd, *_ = shallow_deep.loss(config, params, hidden, targets, mask, 2, 0.5, mapping, 64)
-        without, *_ = shallow_deep.loss(config, params, hidden, targets, mask, 2, 0.0, mapping, 64)
+    for mapping, (kd, with_kd, without) in per_mapping.items():
         np.testing.assert_allclose(float(with_kd - without), 0.5 * float(kd), rtol=1e-4)
-        assert float(kd) > 0
+        assert float(kd) > 0, mapping
 
 
-@pytest.mark.parametrize("mapping", shallow_deep.MAPPINGS)
-def test_distillation_teaches_only_the_shallow_layers(mapping):
-    """The deep states are detached teachers: KD moves no layer past the shallow exit."""
+def test_distillation_teaches_only_the_shallow_layers():
+    """The deep states are detached teachers: KD moves no layer past the shallow exit, for every mapping."""
     config, params = TINY, scaled_random_model(TINY, 4)
     inputs, _ = _objective_batch(config, 1)
     mask = jnp.ones(inputs.shape, jnp.float32)
-    kd = lambda p: shallow_deep.distillation(config, p, model.forward(config, p, inputs, collect_hidden=True).hidden,
-                                             2, mapping, mask)
-    grads = jax.grad(kd)(params)["layers"]
-    norm = lambda layer: sum(float(jnp.sum(g[layer] ** 2)) for g in jax.tree.leaves(grads))
-    assert norm(0) > 0 and norm(1) > 0
-    assert norm(2) == 0 and norm(3) == 0
+
+    @jax.jit
+    def grads(params):
+        kd = lambda p, mapping: shallow_deep.distillation(
+            config, p, model.forward(config, p, inputs, collect_hidden=True).hidden, 2, mapping, mask)
+        return {mapping: jax.grad(kd)(params, mapping)["layers"] for mapping in shallow_deep.MAPPINGS}
+
+    for mapping, layers in grads(params).items():
+        norm = lambda layer: sum(float(jnp.sum(g[layer] ** 2)) for g in jax.tree.leaves(layers))
+        assert norm(0) > 0 and norm(1) > 0, mapping
+        assert norm(2) == 0 and norm(3) == 0, mapping
 
 
 @pytest.mark.parametrize("key,value,needle", [("objective", "calm", "train.objective='calm'"),
