@@ -1,13 +1,18 @@
 """Decode with an lsjax model: self-speculative by default, streaming the text, then timing it.
 
     python decode.py [--checkpoint DIR] [--prompt TEXT | --prompt-file F | --humaneval IDS]
-                     [--strategy autoregressive|early_exit|self_speculative] [--exit-layer E]
-                     [--num-speculations D] [--max-new-tokens N] [--batch-size B]
+                     [--strategy autoregressive|early_exit|self_speculative|speculative|calm|free]
+                     [--exit-layer E] [--num-speculations D] [--draft-checkpoint DIR]
+                     [--threshold X --measure softmax|top2|state --decay --stack K --rollback R]
+                     [--max-new-tokens N] [--batch-size B]
                      [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16|float32|float16]
                      [--mesh D,F,T] [--show-drafts] [--json]
 
 DIR is a Hugging Face Llama directory (config.json, safetensors, tokenizer.json) or an lsjax training
-workdir (its latest checkpoint); the default is the embedded model at models/embedded. Without --json the
+workdir (its latest checkpoint); the default is the embedded model at models/embedded. The two-model
+`speculative` strategy drafts with the model at --draft-checkpoint (same tokenizer); `calm` exits each token
+after the first confident layer; `free` is FREE's synchronized parallel decoding with a shallow exit at
+--exit-layer (its threshold adapts between batches unless --threshold is given); docs/methods.md. Without --json the
 first prompt's text streams as it is generated, then the tokens/s of the strategy and of autoregressive
 decoding on the same prompts are printed (compilation excluded). With several devices the decode is
 sharded over a (data, fsdp, tensor) mesh: prompt rows over data, heads and the KV cache's heads over tensor;
@@ -42,9 +47,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--humaneval", default="HumanEval/0",
                         help="comma-separated HumanEval task ids or indices (default: HumanEval/0)")
     parser.add_argument("--strategy", default="self_speculative",
-                        help="autoregressive, early_exit or self_speculative (default)")
+                        help="autoregressive, early_exit, self_speculative (default), speculative, calm or free")
     parser.add_argument("--exit-layer", type=int, default=None, help="E (default: a quarter of the layers)")
     parser.add_argument("--num-speculations", type=int, default=2, help="d, drafts per round (default 2)")
+    parser.add_argument("--draft-checkpoint", type=Path, default=None, metavar="DIR",
+                        help="the draft model of --strategy speculative (HF Llama directory or lsjax workdir)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="calm and free: exit past this confidence (default: 0.9 for calm, adaptive for free)")
+    parser.add_argument("--measure", default="top2", help="calm and free: softmax, top2 (default) or state (calm)")
+    parser.add_argument("--decay", action="store_true", help="calm: the threshold decays with the position")
+    parser.add_argument("--stack", type=int, default=8, help="free: most tokens that skip the deep layers (8)")
+    parser.add_argument("--rollback", type=float, default=None,
+                        help="free: rewrite from the first skipped token whose deep loss reaches this (default off)")
     parser.add_argument("--schedule", default="fixed", help="fixed, or heuristic (d +2 / -1 per round)")
     parser.add_argument("--confidence", type=float, default=0.0,
                         help="end a round's drafting when the draft's top probability falls below this")
@@ -80,9 +94,11 @@ def check_flags(args) -> None:
     """Flags that contradict each other, or that JAX would not take, as one-line InputErrors."""
     from lsjax.config import SEED_LIMIT
     from lsjax.errors import InputError
-    if args.exit_layer is not None and args.strategy == "autoregressive":
-        raise InputError(f"--exit-layer {args.exit_layer}: applies to early_exit and self_speculative; the "
-                         f"autoregressive strategy runs every layer")
+    if args.exit_layer is not None and args.strategy in ("autoregressive", "speculative", "calm"):
+        raise InputError(f"--exit-layer {args.exit_layer}: applies to early_exit and self_speculative (and free's "
+                         f"shallow exit), not --strategy {args.strategy}")
+    if (args.draft_checkpoint is None) == (args.strategy == "speculative"):
+        raise InputError("--draft-checkpoint DIR goes with --strategy speculative, and that strategy needs one")
     if not 0 <= args.seed < SEED_LIMIT:
         raise InputError(f"--seed={args.seed}: expected 0 <= seed < 2**32 (jax.random.key keeps 32 bits)")
 
@@ -113,7 +129,7 @@ def check_resources(decoder, texts: list[str]) -> None:
     from lsjax.config import require_memory
     from lsjax.errors import InputError
     config, d = decoder.config, decoder.options.num_speculations
-    if decoder.options.strategy == "self_speculative" and d >= config.max_position_embeddings:
+    if decoder.options.strategy in ("self_speculative", "speculative") and d >= config.max_position_embeddings:
         raise InputError(f"--num-speculations d={d}: expected d < max_position_embeddings="
                          f"{config.max_position_embeddings} (a round drafts d tokens into the model's context)")
     width = generation.encode_prompts(decoder.tok, sorted(set(texts))).tokens.shape[1]
@@ -131,7 +147,8 @@ def options_from(args):
     return Options(strategy=args.strategy, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
                    schedule=args.schedule, confidence=args.confidence, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   draft_vocab=args.draft_vocab)
+                   draft_vocab=args.draft_vocab, threshold=args.threshold, measure=args.measure, decay=args.decay,
+                   stack=args.stack, rollback=args.rollback)
 
 
 def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
@@ -159,7 +176,15 @@ def main(argv=None) -> int:
         config, params, tok = checkpoints.load_model(args.checkpoint, dtype=args.dtype, mesh=mesh)
         options = options_from(args)
         ranking = draft_vocab.for_checkpoint(args.checkpoint, tok) if options.draft_vocab else None
-        decoder = generation.Decoder(config, params, tok, options, mesh=mesh, draft_ranking=ranking)
+        draft = None
+        if args.draft_checkpoint is not None:
+            draft_config, draft_params, draft_tok = checkpoints.load_model(args.draft_checkpoint, dtype=args.dtype,
+                                                                           mesh=mesh)
+            if draft_tok.vocab_size != tok.vocab_size:
+                raise InputError(f"--draft-checkpoint {args.draft_checkpoint}: its tokenizer has {draft_tok.vocab_size}"
+                                 f" tokens, the model's {tok.vocab_size}: the draft must share the tokenizer")
+            draft = (draft_config, draft_params)
+        decoder = generation.Decoder(config, params, tok, options, mesh=mesh, draft_ranking=ranking, draft=draft)
         check_resources(decoder, texts)
         batch = generation.encode_prompts(tok, texts)
         generation.check_fits(config, batch, options.max_new_tokens)
@@ -171,7 +196,8 @@ def main(argv=None) -> int:
     result = decoder.generate(batch)
     if options.strategy != "autoregressive":
         baseline = generation.Decoder(config, params, tok, dataclasses.replace(
-            options, strategy="autoregressive", draft_vocab=0), mesh=mesh)
+            options, strategy="autoregressive", draft_vocab=0, threshold=None, decay=False, rollback=None),
+            mesh=mesh)
         reference = baseline.generate(batch)
         result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]
         result["speedup"] = result["tokens_per_second"] / reference["tokens_per_second"]
@@ -182,7 +208,9 @@ def main(argv=None) -> int:
         return 0
     summary = f"-- {result['new_tokens']} tokens in {result['seconds']:.2f} s: {result['tokens_per_second']:.1f} tokens/s"
     drafted = sum(row["drafted"] for row in result["outputs"])
-    if drafted:
+    if result.get("layers_per_token") is not None:
+        summary += f", {result['layers_per_token']:.2f} of the layers per token at threshold {result['threshold']:.2f}"
+    if drafted and options.strategy in ("self_speculative", "speculative"):
         accepted = sum(row["accepted"] for row in result["outputs"])
         summary += f", acceptance {accepted / drafted:.2f} ({accepted}/{drafted} drafts)"
     if "speedup" in result:

@@ -28,7 +28,11 @@ def get_config():
         # early-exit loss
         p_max=0.1, layer_dropout_scale="exp", layer_dropout_time_scale="constant",
         e_scale=0.2, exit_scale_shape="sum_l", curriculum="rotational", rotation=8, self_distill_beta=0.0,
-        loss_chunk_size=2048, log_every=10, eval_every=200, eval_batches=8,
+        loss_chunk_size=2048,
+        # objective: layerskip (SPEC 1) | free (SPEC 3: (S CE_S + L CE_L) / (S + L) + free_alpha KD, exit
+        # S = free_exit_layer or L/4, KD layer mapping uniform | last | dynamic)
+        objective="layerskip", free_exit_layer=0, free_alpha=0.5, free_mapping="dynamic",
+        log_every=10, eval_every=200, eval_batches=8,
         checkpoint_every=200, keep_checkpoints=3,
         # a non-finite loss or gradient norm stops the run (exit 3, nothing saved or exported); True skips
         # such steps instead (the update is not applied) and counts them as skipped_steps in metrics.jsonl

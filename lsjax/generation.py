@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from lsjax import decoding, model, sharding
 from lsjax.config import LlamaConfig
+from lsjax.decoding import confidence as confidence_lib, threshold as threshold_lib
 from lsjax.errors import InputError
 
 BUCKET = 64
@@ -47,6 +48,11 @@ class Options:
     top_p: float = 1.0
     seed: int = 0
     draft_vocab: int = 0  # K > 0: draft over the K most frequent tokens only (lsjax.draft_vocab); 0 = all
+    threshold: Optional[float] = None  # calm and free exit past this confidence; None: 0.9 (calm), adaptive (free)
+    measure: str = "top2"  # calm and free: softmax | top2 | state (calm only)
+    decay: bool = False  # calm: the threshold decays with the position
+    stack: int = 8  # free: the most tokens that skip the deep layers before a deep pass
+    rollback: Optional[float] = None  # free: rewrite from a skipped token whose deep loss reaches this; None: off
 
     def check(self, config: LlamaConfig) -> "Options":
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
@@ -54,7 +60,7 @@ class Options:
         exit_layer = max(1, layers // 4) if self.exit_layer is None else self.exit_layer
         _require(self.strategy in decoding.STRATEGIES, f"strategy={self.strategy!r}: expected one of "
                  f"{list(decoding.STRATEGIES)}")
-        if self.strategy != "autoregressive":
+        if self.strategy in ("early_exit", "self_speculative", "free"):
             _require(1 <= exit_layer <= layers - 1, f"exit layer E={exit_layer}: expected 1 <= E <= {layers - 1} "
                      f"(the model has {layers} layers)")
         _require(self.num_speculations >= 1, f"num_speculations d={self.num_speculations}: expected d >= 1")
@@ -68,24 +74,46 @@ class Options:
                  f"0 (the whole vocabulary) or 1 <= K <= {config.vocab_size}")
         _require(not self.draft_vocab or self.strategy == "self_speculative", f"draft_vocab={self.draft_vocab} "
                  f"applies to self-speculative drafting only, not strategy={self.strategy!r}")
-        return dataclasses.replace(self, exit_layer=exit_layer)
+        measures = confidence_lib.MEASURES if self.strategy == "calm" else ("softmax", "top2")
+        _require(self.strategy not in ("calm", "free") or self.measure in measures, f"measure={self.measure!r}: "
+                 f"expected one of {list(measures)} for strategy={self.strategy!r}")
+        _require(self.threshold is None or self.strategy in ("calm", "free"), f"threshold={self.threshold} applies "
+                 f"to the calm and free strategies only, not strategy={self.strategy!r}")
+        _require(not self.decay or self.strategy == "calm", "decay applies to the calm strategy only")
+        _require(self.stack >= 1, f"stack={self.stack}: expected a positive integer")
+        _require(self.rollback is None or self.strategy == "free", f"rollback={self.rollback} applies to the free "
+                 f"strategy only, not strategy={self.strategy!r}")
+        _require(self.rollback is None or self.rollback >= 0, f"rollback={self.rollback}: expected a loss >= 0 "
+                 f"(0 rolls back every skipped token)")
+        threshold = 0.9 if self.threshold is None and self.strategy == "calm" else self.threshold
+        return dataclasses.replace(self, exit_layer=exit_layer, threshold=threshold)
+
+    @property
+    def adaptive(self) -> bool:
+        """FREE without a fixed threshold: the Beta-mixture estimator sets it between batches."""
+        return self.strategy == "free" and self.threshold is None
 
     def settings(self, config: LlamaConfig, pad_id: int) -> decoding.Settings:
         output_size = -(-self.max_new_tokens // OUTPUT_BUCKET) * OUTPUT_BUCKET
+        speculative = self.strategy in ("self_speculative", "speculative")
         return decoding.Settings(
-            strategy=self.strategy, exit_layer=self.exit_layer if self.strategy != "autoregressive" else 0,
-            num_speculations=self.num_speculations if self.strategy == "self_speculative" else 1,
+            strategy=self.strategy,
+            exit_layer=self.exit_layer if self.strategy in ("early_exit", "self_speculative", "free") else 0,
+            num_speculations=self.num_speculations if speculative else 1,
             schedule=self.schedule, sampling=decoding.Sampling(greedy=self.temperature == 0.0, top_k=self.top_k),
             eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size,
-            draft_vocab=self.draft_vocab)
+            draft_vocab=self.draft_vocab, confidence=self.measure, decay=self.decay,
+            stack=self.stack if self.strategy == "free" else Options.stack)
 
     def knobs(self, draft_ranking=None) -> decoding.Knobs:
         """draft_ranking: token ids by frequency (`lsjax.draft_vocab`), needed when draft_vocab > 0."""
         if self.draft_vocab and draft_ranking is None:
             raise InputError(f"draft_vocab={self.draft_vocab} needs a ranking of the tokens (lsjax.draft_vocab)")
         ids = () if not self.draft_vocab else np.sort(np.asarray(draft_ranking)[:self.draft_vocab])
+        limit = threshold_lib.INITIAL if self.threshold is None else self.threshold
         return decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence,
-                                   draft_ids=ids)
+                                   draft_ids=ids, threshold=limit,
+                                   rollback=float("inf") if self.rollback is None else self.rollback)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -132,13 +160,22 @@ class Decoder:
     """One model, tokenizer and set of options; compiles each loop once and reuses it for every batch."""
 
     def __init__(self, config: LlamaConfig, params, tok, options: Options, mesh: Optional[Mesh] = None,
-                 draft_ranking=None):
+                 draft_ranking=None, draft=None):
         """mesh: decode sharded over it (params by the rules table, prompt rows over data and fsdp, the KV
         cache over rows and KV heads); the tokens are the same as on one device. draft_ranking: token ids by
-        frequency, for options.draft_vocab (`lsjax.draft_vocab.for_checkpoint`)."""
+        frequency, for options.draft_vocab (`lsjax.draft_vocab.for_checkpoint`). draft: (config, params) of
+        the draft model of the two-model `speculative` strategy (same tokenizer)."""
         self.config, self.tok, self.mesh = config, tok, mesh
         self.params = decoding_params(config, params, mesh)
         self.options = options.check(config)
+        _require((draft is not None) == (self.options.strategy == "speculative"), "a draft model (--draft-checkpoint) "
+                 "goes with strategy='speculative', and that strategy needs one")
+        self.draft_config = None if draft is None else draft[0]
+        self.draft_params = None if draft is None else decoding_params(draft[0], draft[1], mesh)
+        if draft is not None:
+            _require(draft[0].vocab_size == config.vocab_size, f"draft vocabulary {draft[0].vocab_size} != the "
+                     f"model's {config.vocab_size}: the draft model must share the tokenizer")
+        self.adaptive = threshold_lib.Adaptive() if self.options.adaptive else None
         self.settings = self.options.settings(config, tok.pad_id or 0)
         self.knobs = self.options.knobs(draft_ranking)
         self._compiled = {}  # (prompt batch shape, streaming) -> the compiled decode for that bucket
@@ -149,6 +186,8 @@ class Decoder:
 
     def _traced(self, batch: PromptBatch):
         """The arguments of `decoding.generate` after config, params and settings."""
+        if self.adaptive is not None:  # refitted between batches; a traced value, so nothing recompiles
+            self.knobs = self.knobs._replace(threshold=jnp.float32(self.adaptive.threshold()))
         tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
         if self.mesh is not None:
             tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
@@ -166,7 +205,8 @@ class Decoder:
             on_round = self._on_round if streaming else None
             with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
                 lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch),
-                                                  on_round=on_round)
+                                                  on_round=on_round, draft_config=self.draft_config,
+                                                  draft_params=self.draft_params)
                 self._compiled[key] = lowered.compile()
         return self._compiled[key]
 
@@ -176,9 +216,12 @@ class Decoder:
         compiled = self.compiled(batch)
         traced = self._traced(batch)
         start = time.perf_counter()
-        out = jax.block_until_ready(compiled(self.params, *traced))  # config and settings are baked in
-        seconds = time.perf_counter() - start
-        return self.report(out, seconds)
+        out = jax.block_until_ready(compiled(self.params, *traced, draft_params=self.draft_params))  # config and
+        seconds = time.perf_counter() - start  # settings are baked in
+        report = self.report(out, seconds)
+        if self.adaptive is not None:
+            self.adaptive.add(*jax.device_get(out.extra), num_tokens=jax.device_get(out.num_tokens))
+        return report
 
     def report(self, out: decoding.Output, seconds: float) -> Dict:
         out = jax.device_get(out)
@@ -190,10 +233,14 @@ class Decoder:
                          "drafted": drafted, "accepted": accepted, "rounds": int(out.rounds[b]),
                          "acceptance_rate": accepted / drafted if drafted else None})
         total = int(np.sum(out.num_tokens))
-        speculative = self.options.strategy == "self_speculative"
+        speculative = self.options.strategy in ("self_speculative", "speculative")
+        exits = self.options.strategy in ("calm", "free")
+        fed = int(np.sum(np.maximum(out.num_tokens - 1, 0)))  # tokens the loop ran (the prefill picked the first)
         return {"strategy": self.options.strategy, "exit_layer": self.settings.exit_layer or None,
                 "num_speculations": self.settings.num_speculations if speculative else None,
                 "confidence": self.options.confidence if speculative else None,
+                "threshold": float(self.knobs.threshold) if exits else None,
+                "layers_per_token": int(np.sum(out.layers)) / (self.config.num_layers * fed) if exits and fed else None,
                 "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds, "outputs": rows}
 
     def _on_round(self, count, tokens, kinds) -> None:
@@ -213,7 +260,7 @@ class Decoder:
 
         def decode():
             try:
-                out = jax.device_get(compiled(self.params, *self._traced(batch)))
+                out = jax.device_get(compiled(self.params, *self._traced(batch), draft_params=self.draft_params))
                 result.append((out.num_tokens, out.tokens, out.kinds))
             except Exception as err:  # re-raised in the caller's thread below
                 result.append(err)

@@ -1,4 +1,5 @@
-"""The LayerSkip training objective: per-sample layer dropout inside the forward pass, then the early-exit loss.
+"""The LayerSkip training objective: per-sample layer dropout inside the forward pass, then the early-exit loss;
+or, with `train.objective = free`, FREE's shallow-deep objective (`lsjax.shallow_deep`).
 
 One function for the train step and one for held-out evaluation, both pure, so that the training loop
 only handles optimisation, data and bookkeeping.
@@ -10,7 +11,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from lsjax import early_exit, layer_dropout, model
+from lsjax import early_exit, layer_dropout, model, shallow_deep
 from lsjax.config import LlamaConfig
 
 
@@ -29,13 +30,19 @@ class Recipe(NamedTuple):
     total_steps: int
     seed: int
     loss_chunk_size: int
+    objective: str = "layerskip"  # layerskip | free
+    free_exit_layer: int = 0  # S of the free objective; 0: a quarter of the layers
+    free_alpha: float = shallow_deep.ALPHA
+    free_mapping: str = "dynamic"  # uniform | last | dynamic
 
     @classmethod
     def from_config(cls, train_cfg) -> "Recipe":
         return cls(float(train_cfg.p_max), train_cfg.layer_dropout_scale, train_cfg.layer_dropout_time_scale,
                    float(train_cfg.e_scale), train_cfg.exit_scale_shape, train_cfg.curriculum, int(train_cfg.rotation),
                    float(train_cfg.self_distill_beta), int(train_cfg.steps), int(train_cfg.seed),
-                   int(train_cfg.loss_chunk_size))
+                   int(train_cfg.loss_chunk_size), train_cfg.get("objective", "layerskip"),
+                   int(train_cfg.get("free_exit_layer", 0)), float(train_cfg.get("free_alpha", shallow_deep.ALPHA)),
+                   train_cfg.get("free_mapping", "dynamic"))
 
 
 # Held-out evaluation unembeds this many exits at a time (with every exit's logits of a chunk at once, a
@@ -49,7 +56,8 @@ def _forward_layers(config: LlamaConfig, params, batch, residual_mask=None):
 
 
 def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
-    """(loss, (ExitLoss, selected layer indices [K])) for one (micro-)batch at `step`.
+    """(loss, (ExitLoss, selected layer indices [K])) for one (micro-)batch at `step`; with
+    recipe.objective == "free" the shallow-deep loss instead (its two exits are the selected layers).
 
     batch: dict of [B, T] arrays `inputs`, `targets`, `positions`, `segment_ids`, `loss_mask`, and [B]
     `sample_index` (global indices, so layer-dropout draws do not depend on the device layout).
@@ -61,6 +69,11 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
                                          recipe.layer_dropout_scale, recipe.layer_dropout_time_scale)
         keep = layer_dropout.keep_mask(recipe.seed, step, batch["sample_index"], rates)
     hidden = _forward_layers(config, params, batch, keep)
+    if recipe.objective == "free":
+        shallow = recipe.free_exit_layer or shallow_deep.default_exit(config.num_layers)
+        value, out, layers = shallow_deep.loss(config, params, hidden, batch["targets"], batch["loss_mask"], shallow,
+                                               recipe.free_alpha, recipe.free_mapping, recipe.loss_chunk_size)
+        return value, (out, layers)
     selection = early_exit.select_layers(recipe.curriculum, config.num_layers, step, recipe.total_steps,
                                          recipe.e_scale, recipe.rotation, recipe.exit_scale_shape)
     out = early_exit.early_exit_loss(config, params, hidden, batch["targets"], selection,

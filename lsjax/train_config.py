@@ -19,7 +19,7 @@ from typing import Any, Self
 import jax
 import numpy as np
 
-from lsjax import data, early_exit, layer_dropout, objective
+from lsjax import data, early_exit, layer_dropout, objective, shallow_deep
 from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScaling, require_memory
 
 # Keys a resume may not change, because the checkpoint or the data iterator's position would no longer mean
@@ -30,6 +30,7 @@ from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScali
 # mesh, export, data_dir) may change on resume; the changes are recorded.
 RESUME_FROZEN = ("model.", "tokenizer.", "init_from", "data.", "train.seed", "train.batch_size")
 RESUME_FREE = ("model.dtype", "model.remat", "model.attention", "data.data_dir")
+OBJECTIVES = ("layerskip", "free")  # train.objective: SPEC 1's recipe, or FREE's shallow-deep loss (SPEC 3)
 OPTIONAL_KEYS = ("model.rope_scaling",)  # read by `model_config_from` when a config sets it
 
 
@@ -297,6 +298,12 @@ def validate_train_config(cfg) -> None:
            "a finite number >= 0")
     _check(_finite(t.self_distill_beta) and t.self_distill_beta >= 0, "train.self_distill_beta",
            t.self_distill_beta, "a finite number >= 0")
+    _check(t.objective in OBJECTIVES, "train.objective", t.objective, f"one of {list(OBJECTIVES)}")
+    _check(t.free_mapping in shallow_deep.MAPPINGS, "train.free_mapping", t.free_mapping,
+           f"one of {list(shallow_deep.MAPPINGS)}")
+    _check(_finite(t.free_alpha) and t.free_alpha >= 0, "train.free_alpha", t.free_alpha, "a finite number >= 0")
+    _check(isinstance(t.free_exit_layer, int) and t.free_exit_layer >= 0, "train.free_exit_layer",
+           t.free_exit_layer, "an integer S >= 0 (0: a quarter of the layers), below model.num_layers")
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         _check(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
@@ -307,6 +314,8 @@ def validate_train_config(cfg) -> None:
            f"one of {list(DTYPES)} (or empty: model.param_dtype)")
     if not cfg.init_from:
         config = model_config_from(cfg)
+        _check(t.free_exit_layer < config.num_layers, "train.free_exit_layer", t.free_exit_layer,
+               f"below model.num_layers={config.num_layers}")
         _check(d.seq_len <= config.max_position_embeddings, "data.seq_len", d.seq_len,
                f"at most model.max_position_embeddings={config.max_position_embeddings}")
         check_train_memory(config)  # (an init_from model is checked once its config is read)

@@ -75,6 +75,17 @@ TINY_LLAMA3 = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=48, n
                           rope_scaling=RopeScaling(original_max_position_embeddings=16))
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """An lsjax export of `tests.random_model` (context 128) that the decode.py tests read (never edit)."""
+    from lsjax import hf
+    from tests.random_model import random_model
+    config, params, tok = random_model()
+    directory = tmp_path_factory.mktemp("ckpt")
+    hf.save(directory, config.replace(max_position_embeddings=128), params, tokenizer=tok)
+    return directory
+
+
 @pytest.fixture(scope="session", params=["tiny", "tiny_llama3"])
 def tiny_model(request):
     """(config, params) of a small random lsjax model, with a larger init so layers matter."""

@@ -168,6 +168,19 @@ MUTANTS: Dict[str, Mutant] = {
         "return jnp.full((x.shape[0], config.vocab_size), 0.0, jnp.float32).at[:, knobs.draft_ids].set(subset)",
         "tests/test_decoding.py::test_draft_logits_over_a_subset_are_the_heads_and_minus_infinity_elsewhere "
         "tests/test_decoding.py::test_a_reduced_draft_vocabulary_keeps_greedy_output"),
+    "free-rollback-at-current": Mutant(
+        "FREE's rollback rewrites only the current token: skipped tokens past the rollback loss stay",
+        "lsjax/decoding/free.py",
+        "at = jnp.where(rewrite, jnp.argmax(bad, axis=1), kept)",
+        "at = kept",
+        "tests/test_free.py::test_free_rollback_at_zero_is_autoregressive_and_unreachable_changes_nothing"),
+    "free-rollback-keeps-cache": Mutant(
+        "FREE's rollback rewinds the output but not the cache: the dropped tokens' K/V stay visible",
+        "lsjax/decoding/free.py",
+        "cache=cache.replace(length=jnp.where(active, base + 1 - rewind, base))",
+        "cache=cache.replace(length=jnp.where(active, base + 1, base))",
+        "tests/test_free.py::test_free_rollback_at_zero_is_autoregressive_and_unreachable_changes_nothing "
+        "tests/test_free.py::test_free_deep_cache_of_skipped_tokens_equals_a_full_forward"),
     "tied-exports-head": Mutant(
         "a tied model exports lm_head.weight beside the embedding",
         "lsjax/hf.py",

@@ -20,14 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decode  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    config, params, tok = random_model()
-    directory = tmp_path_factory.mktemp("ckpt")
-    hf.save(directory, config.replace(max_position_embeddings=128), params, tokenizer=tok)
-    return directory
-
-
 @pytest.mark.parametrize("strategy", ["autoregressive", "early_exit", "self_speculative"])
 def test_decodes_a_prompt_as_json(checkpoint, capsys, strategy):
     assert decode.main(["--checkpoint", str(checkpoint), "--prompt", "def add(a, b):", "--max-new-tokens", "6",

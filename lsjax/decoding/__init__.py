@@ -16,13 +16,14 @@ from typing import Optional
 import jax
 
 from lsjax.config import LlamaConfig
-from lsjax.decoding import autoregressive, self_speculative, state as state_lib
+from lsjax.decoding import autoregressive, calm, free, self_speculative, speculative, state as state_lib
 from lsjax.decoding.sampling import Knobs, Sampling
 from lsjax.decoding.state import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, OnRound, Output, Settings
 
-STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
+STRATEGIES = ("autoregressive", "early_exit", "self_speculative", "speculative", "calm", "free")
 _ROUNDS = {"autoregressive": autoregressive.advance, "early_exit": autoregressive.advance,
-           "self_speculative": self_speculative.advance}
+           "self_speculative": self_speculative.advance, "speculative": speculative.advance,
+           "calm": calm.advance, "free": free.advance}
 
 __all__ = ["ACCEPTED_DRAFT", "FROM_MODEL", "STRATEGIES", "DecodeState", "Knobs", "Output", "Sampling", "Settings",
            "OnRound", "cache_length", "generate"]
@@ -33,17 +34,26 @@ def cache_length(settings: Settings, prompt_width: int) -> int:
     return prompt_width + settings.output_size + settings.slack
 
 
-@functools.partial(jax.jit, static_argnames=("config", "settings", "max_length", "on_round"))
+@functools.partial(jax.jit, static_argnames=("config", "settings", "max_length", "on_round", "draft_config"))
 def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
-             knobs: Knobs, *, max_length: int, on_round: Optional[OnRound] = None) -> Output:
+             knobs: Knobs, *, max_length: int, on_round: Optional[OnRound] = None,
+             draft_config: Optional[LlamaConfig] = None, draft_params=None) -> Output:
     """The whole decode in one compiled call: prefill, then rounds until every row is done.
 
     on_round: called on the host with (count, tokens, kinds) every `state.STREAM_EVERY` rounds and after the
-    last, for streaming."""
+    last, for streaming. draft_config, draft_params: the draft model of the two-model `speculative` strategy."""
     depth = autoregressive.depth(config, settings)
     decode_state = state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
                                    knobs, max_length=max_length, depth=depth, cache_layers=depth)
     round_fn = functools.partial(_ROUNDS[settings.strategy], config, params, settings, knobs)
     if settings.strategy == "self_speculative":
         round_fn = functools.partial(round_fn, rows=self_speculative.draft_rows(config, params, settings, knobs))
-    return state_lib.output(settings, state_lib.loop(round_fn, decode_state, on_round))
+    elif settings.strategy == "speculative":
+        round_fn = functools.partial(round_fn, draft_config=draft_config, draft_params=draft_params)
+        decode_state = decode_state.replace(extra=speculative.prefill(draft_config, draft_params, prompt_tokens,
+                                                                      prompt_lengths, max_length))
+    elif settings.strategy == "free":
+        decode_state = free.prepare(config, params, settings, knobs, decode_state, prompt_tokens, prompt_lengths)
+    final = state_lib.loop(round_fn, decode_state, on_round)
+    out = state_lib.output(settings, final)
+    return out._replace(extra=free.pairs(final)) if settings.strategy == "free" else out

@@ -28,11 +28,14 @@ class Knobs(NamedTuple):
     top_p: jax.Array  # float32 []: in (0, 1]
     confidence: jax.Array  # float32 []: stop drafting a round when the draft's top probability falls below
     draft_ids: jax.Array  # int32 [K]: the token ids the draft head may propose (Settings.draft_vocab = K)
+    threshold: jax.Array  # float32 []: calm and free exit a token when its confidence passes this
+    rollback: jax.Array  # float32 []: free rewrites from a skipped token whose deep loss reaches this (inf: off)
 
     @classmethod
-    def make(cls, temperature: float = 1.0, top_p: float = 1.0, confidence: float = 0.0, draft_ids=()) -> "Knobs":
+    def make(cls, temperature: float = 1.0, top_p: float = 1.0, confidence: float = 0.0, draft_ids=(),
+             threshold: float = 1.0, rollback: float = float("inf")) -> "Knobs":
         return cls(jnp.float32(temperature), jnp.float32(top_p), jnp.float32(confidence),
-                   jnp.asarray(draft_ids, jnp.int32).reshape(-1))
+                   jnp.asarray(draft_ids, jnp.int32).reshape(-1), jnp.float32(threshold), jnp.float32(rollback))
 
 
 def distribution(sampling: Sampling, knobs: Knobs, logits) -> jax.Array:

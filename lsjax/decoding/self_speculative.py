@@ -119,13 +119,21 @@ def _accept_sampled(p, q, drafts, n, key):
 def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
             rows=None) -> DecodeState:
     """Draft, verify, accept and roll back once for every row (module docstring); rows: `draft_rows`."""
-    d = settings.num_speculations
     key, draft_key, accept_key = jax.random.split(state.key, 3)
     base = state.cache.length
     cache, exits, drafts, q, n = _draft(config, params, settings, knobs, rows, state, draft_key)
     deep, cache = kvcache.run_cached_layers(config, params, cache, exits, settings.exit_layer, config.num_layers,
                                             write_index=base)
     logits = model.unembed(config, params, deep.x)  # [B, d + 1, V]
+    return settle(settings, knobs, state.replace(key=key), cache, base, logits, drafts, q, n, accept_key)
+
+
+def settle(settings: Settings, knobs: sampling.Knobs, state: DecodeState, cache, base, logits, drafts, q, n,
+           accept_key) -> DecodeState:
+    """The end of a speculative round, whoever drafted: accept against the verifier's logits [B, d + 1, V]
+    (q: the draft probabilities [B, d, V] when sampling), roll the cache back to base + accepted + 1,
+    append the tokens and count the statistics."""
+    d = settings.num_speculations
     if settings.sampling.greedy:
         accepted, token = _accept_greedy(logits, drafts, n)
     else:
@@ -140,7 +148,7 @@ def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Kno
     want = state.draft_length
     schedule = jnp.clip(jnp.where(accepted >= n, want + 2, want - 1), 1, d)
     state = state.replace(cache=cache.replace(length=jnp.where(active, base + accepted + 1, base)),
-                          last=jnp.where(active, token, state.last), key=key,
+                          last=jnp.where(active, token, state.last),
                           draft_length=jnp.where(active, schedule, want))
     appended = append(settings, state, emitted, accepted + 1, kinds)
     # statistics of this round's drafts, not counting accepted drafts cut off by an end of sequence or the budget

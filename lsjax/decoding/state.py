@@ -7,7 +7,7 @@ device until every row is done. A host streams by passing `on_round`: the rounds
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ FROM_MODEL, ACCEPTED_DRAFT = 2, 1
 class Settings(NamedTuple):
     """Everything static about a decode: hashable, a static argument of the jitted functions."""
 
-    strategy: str = "autoregressive"  # autoregressive | early_exit | self_speculative
+    strategy: str = "autoregressive"  # autoregressive | early_exit | self_speculative | speculative | calm | free
     exit_layer: int = 0  # E: layers [0, E) draft (self_speculative) or decide (early_exit)
     num_speculations: int = 1  # d: drafts per round (the most, with an adaptive schedule)
     schedule: str = "fixed"  # fixed | heuristic (+2 when all drafts were accepted, -1 otherwise, floor 1)
@@ -36,11 +36,16 @@ class Settings(NamedTuple):
     pad_id: int = 0
     output_size: int = 64  # static room for generated tokens; the traced budget is at most this
     draft_vocab: int = 0  # K > 0: drafts come from the K tokens of knobs.draft_ids only (0: the whole vocabulary)
+    confidence: str = "top2"  # calm and free: softmax (top probability) | top2 (top-1 minus top-2) | state (cosine)
+    decay: bool = False  # calm: the threshold decays with the position (SPEC 3)
+    stack: int = 8  # free: the most exited tokens whose deep K/V wait for the next deep pass
 
     @property
     def slack(self) -> int:
         """Extra output and cache slots, so that a round's fixed-width writes never clamp."""
-        return self.num_speculations + 1 if self.strategy == "self_speculative" else 1
+        if self.strategy in ("self_speculative", "speculative"):
+            return self.num_speculations + 1
+        return self.stack + 1 if self.strategy == "free" else 1
 
 
 @struct.dataclass
@@ -57,6 +62,8 @@ class DecodeState:
     drafted: jax.Array  # [B] int32: draft tokens proposed
     accepted: jax.Array  # [B] int32: draft tokens accepted
     draft_length: jax.Array  # [B] int32: this round's d under the heuristic schedule
+    layers: jax.Array  # [B] int32: layers run over the tokens fed so far (calm and free count them)
+    extra: Any = None  # what one strategy alone carries (a draft model's cache, FREE's stack of exit states)
 
 
 def is_eos(settings: Settings, tokens) -> jax.Array:
@@ -99,7 +106,7 @@ def start(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt
         kinds=jnp.zeros((batch, width), jnp.int8), count=zeros, done=jnp.zeros((batch,), bool),
         budget=jnp.minimum(jnp.asarray(max_new_tokens, jnp.int32), settings.output_size), key=key,
         rounds=zeros, drafted=zeros, accepted=zeros,
-        draft_length=jnp.full((batch,), settings.num_speculations, jnp.int32))
+        draft_length=jnp.full((batch,), settings.num_speculations, jnp.int32), layers=zeros)
     return append(settings, state, first[:, None], jnp.ones((batch,), jnp.int32),
                   jnp.full((batch, 1), FROM_MODEL, jnp.int8))
 
@@ -144,10 +151,12 @@ class Output(NamedTuple):
     rounds: jax.Array  # [B]
     drafted: jax.Array  # [B]
     accepted: jax.Array  # [B]
+    layers: jax.Array  # [B]: layers run over the fed tokens (calm and free; 0 for the others)
+    extra: Any = None  # a strategy's own output (FREE: the (confidence, agreed) pairs of its deep passes)
 
 
 def output(settings: Settings, state: DecodeState) -> Output:
     valid = jnp.arange(settings.output_size)[None, :] < state.count[:, None]
     tokens = jnp.where(valid, state.tokens[:, :settings.output_size], settings.pad_id)
     kinds = jnp.where(valid, state.kinds[:, :settings.output_size], 0)
-    return Output(tokens, kinds, state.count, state.rounds, state.drafted, state.accepted)
+    return Output(tokens, kinds, state.count, state.rounds, state.drafted, state.accepted, state.layers)
