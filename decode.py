@@ -194,28 +194,28 @@ def main(argv=None) -> int:
     if not args.json:
         stream_text(decoder, batch, texts[0], colour=args.show_drafts and sys.stdout.isatty())
     result = decoder.generate(batch)
+    baseline = None
     if options.strategy != "autoregressive":
         baseline = generation.Decoder(config, params, tok, dataclasses.replace(
             options, strategy="autoregressive", draft_vocab=0, threshold=None, decay=False, rollback=None),
-            mesh=mesh)
-        reference = baseline.generate(batch)
-        result["autoregressive_tokens_per_second"] = reference["tokens_per_second"]
-        result["speedup"] = result["tokens_per_second"] / reference["tokens_per_second"]
+            mesh=mesh).generate(batch).tokens_per_second
     if args.json:  # with the ids each row was fed (BOS only where the checkpoint's tokenizer adds one)
-        for row, ids, n in zip(result["outputs"], batch.tokens.tolist(), batch.lengths.tolist()):
+        payload = dataclasses.asdict(result)
+        if baseline is not None:
+            payload.update(autoregressive_tokens_per_second=baseline, speedup=result.tokens_per_second / baseline)
+        for row, ids, n in zip(payload["outputs"], batch.tokens.tolist(), batch.lengths.tolist()):
             row["prompt_token_ids"] = ids[:n]
-        print(json.dumps(result))
+        print(json.dumps(payload))
         return 0
-    summary = f"-- {result['new_tokens']} tokens in {result['seconds']:.2f} s: {result['tokens_per_second']:.1f} tokens/s"
-    drafted = sum(row["drafted"] for row in result["outputs"])
-    if result.get("layers_per_token") is not None:
-        summary += f", {result['layers_per_token']:.2f} of the layers per token at threshold {result['threshold']:.2f}"
+    summary = f"-- {result.new_tokens} tokens in {result.seconds:.2f} s: {result.tokens_per_second:.1f} tokens/s"
+    drafted = sum(row.drafted for row in result.outputs)
+    if result.layers_per_token is not None:
+        summary += f", {result.layers_per_token:.2f} of the layers per token at threshold {result.threshold:.2f}"
     if drafted and options.strategy in ("self_speculative", "speculative"):
-        accepted = sum(row["accepted"] for row in result["outputs"])
+        accepted = sum(row.accepted for row in result.outputs)
         summary += f", acceptance {accepted / drafted:.2f} ({accepted}/{drafted} drafts)"
-    if "speedup" in result:
-        summary += (f"; autoregressive {result['autoregressive_tokens_per_second']:.1f} tokens/s, "
-                    f"speedup {result['speedup']:.2f}x")
+    if baseline is not None:
+        summary += f"; autoregressive {baseline:.1f} tokens/s, speedup {result.tokens_per_second / baseline:.2f}x"
     print(summary + " (compilation excluded)", file=sys.stderr)
     return 0
 

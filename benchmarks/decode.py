@@ -171,7 +171,7 @@ def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeat
             for name, decoder in decoders.items():
                 runs[name].append(decoder.generate(batch))
         for name, rows in runs.items():
-            results[name].append(sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2])
+            results[name].append(sorted(rows, key=lambda r: r.seconds)[len(rows) // 2])
     return results
 
 
@@ -179,22 +179,22 @@ def summarise(results, config, costs: dict):
     reference = results["autoregressive"]
     summary = {}
     for name, runs in results.items():
-        row = {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
-               "speedup": statistics.median(r["tokens_per_second"] / a["tokens_per_second"]
+        row = {"tokens_per_second": statistics.median(r.tokens_per_second for r in runs),
+               "speedup": statistics.median(r.tokens_per_second / a.tokens_per_second
                                             for r, a in zip(runs, reference)),
-               "identical_to_autoregressive": all(r["outputs"][0]["token_ids"] == a["outputs"][0]["token_ids"]
+               "identical_to_autoregressive": all(r.outputs[0].token_ids == a.outputs[0].token_ids
                                                   for r, a in zip(runs, reference))}
         first = runs[0]
-        row.update(strategy=first["strategy"], exit_layer=first["exit_layer"], num_speculations=first["num_speculations"])
-        if first["strategy"] == "self_speculative":
-            drafted = sum(r["outputs"][0]["drafted"] for r in runs)
-            accepted = sum(r["outputs"][0]["accepted"] for r in runs)
-            rounds = sum(r["outputs"][0]["rounds"] for r in runs)
+        row.update(strategy=first.strategy, exit_layer=first.exit_layer, num_speculations=first.num_speculations)
+        if first.strategy == "self_speculative":
+            drafted = sum(r.outputs[0].drafted for r in runs)
+            accepted = sum(r.outputs[0].accepted for r in runs)
+            rounds = sum(r.outputs[0].rounds for r in runs)
             tokens_per_round, drafts_per_round = 1 + accepted / rounds, drafted / rounds
-            bound = analytic_bound(tokens_per_round, drafts_per_round, first["exit_layer"], config.num_layers)
-            measured = cost_bound(tokens_per_round, drafts_per_round, costs, first["exit_layer"],
-                                  first["num_speculations"])
-            row.update(confidence=first["confidence"], drafted=drafted, accepted=accepted,
+            bound = analytic_bound(tokens_per_round, drafts_per_round, first.exit_layer, config.num_layers)
+            measured = cost_bound(tokens_per_round, drafts_per_round, costs, first.exit_layer,
+                                  first.num_speculations)
+            row.update(confidence=first.confidence, drafted=drafted, accepted=accepted,
                        acceptance_rate=accepted / drafted,
                        tokens_per_round=tokens_per_round, drafts_per_round=drafts_per_round,
                        analytic_bound=bound, efficiency=row["speedup"] / bound,
@@ -219,11 +219,11 @@ def ceiling(config, params, tok, texts, exit_layer: int, ds, costs: dict, max_ne
         "draft_ranking": ranking} for d in ds for k in draft_vocabs})
     results = sweep(config, silence_deep_layers(params, exit_layer), tok, texts, options, max_new_tokens, repeats)
     summary = summarise(results, config, costs)
-    token_ms = statistics.median(1000 * r["seconds"] / r["new_tokens"] for r in results["autoregressive"])
+    token_ms = statistics.median(1000 * r.seconds / r.new_tokens for r in results["autoregressive"])
     rows = {}
     for name in (n for n in options if n != "autoregressive"):
         d = options[name]["num_speculations"]
-        round_ms = statistics.median(1000 * r["seconds"] / r["outputs"][0]["rounds"] for r in results[name])
+        round_ms = statistics.median(1000 * r.seconds / r.outputs[0].rounds for r in results[name])
         row = summary[name]
         rows[name] = {**row, "round_ms": round_ms,
                       "acceptance_for_target": acceptance_for(target * row["tokens_per_round"] / row["speedup"], d)}
@@ -240,7 +240,7 @@ def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens:
         figures = {}
         for name, o in (("autoregressive", {"strategy": "autoregressive"}), ("self_speculative", best)):
             decoder = make_decoder(config, params, tok, max_new_tokens, o)
-            figures[name] = statistics.median(decoder.generate(batch)["tokens_per_second"] for _ in range(3))
+            figures[name] = statistics.median(decoder.generate(batch).tokens_per_second for _ in range(3))
         rows.append({"batch_size": size, **{f"{k}_tokens_per_second": v for k, v in figures.items()},
                      "speedup": figures["self_speculative"] / figures["autoregressive"]})
         print(f"batch {size:3d}: autoregressive {figures['autoregressive']:8.1f} tok/s, self-speculative "

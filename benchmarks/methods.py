@@ -61,9 +61,9 @@ def parse_args(argv=None):
 
 def quality(rows, reference, tok):
     """(share of reference positions with the same token, mean edit similarity of the texts)."""
-    same = sum(sum(a == b for a, b in zip(r["token_ids"], ref["token_ids"])) for r, ref in zip(rows, reference))
-    positions = sum(len(ref["token_ids"]) for ref in reference)
-    similarity = np.mean([difflib.SequenceMatcher(None, r["text"], ref["text"]).ratio()
+    same = sum(sum(a == b for a, b in zip(r.token_ids, ref.token_ids)) for r, ref in zip(rows, reference))
+    positions = sum(len(ref.token_ids) for ref in reference)
+    similarity = np.mean([difflib.SequenceMatcher(None, r.text, ref.text).ratio()
                           for r, ref in zip(rows, reference)])
     return same / max(positions, 1), float(similarity)
 
@@ -74,7 +74,7 @@ def measure(decoders, batch, repeats):
     for _ in range(repeats):
         for i, decoder in enumerate(decoders):
             result = decoder.generate(batch)
-            best[i] = min(best[i], result, key=lambda r: r["seconds"])
+            best[i] = min(best[i], result, key=lambda r: r.seconds)
     return best
 
 
@@ -113,23 +113,23 @@ def main(argv=None):
     records.append(dict(method="free_adaptive", setting=round(adaptive.adaptive.threshold(), 3), decoder=adaptive))
     for record, result in zip(records, measure([r.pop("decoder") for r in records], batch, args.repeats)):
         record["result"] = result
-        print(f"{record['method']:>16} {record['setting']!s:>14}: {result['tokens_per_second']:8.1f} tokens/s")
+        print(f"{record['method']:>16} {record['setting']!s:>14}: {result.tokens_per_second:8.1f} tokens/s")
 
     reference = records[0]["result"]
     table = []
     for record in records:
         result = record["result"]
-        agreement, similarity = quality(result["outputs"], reference["outputs"], tok)
-        fraction = result.get("layers_per_token")
+        agreement, similarity = quality(result.outputs, reference.outputs, tok)
+        fraction = result.layers_per_token
         if record["method"] == "early_exit":
             fraction = e / layers
         elif record["method"] == "autoregressive":
             fraction = 1.0
         table.append(dict(method=record["method"], setting=record["setting"],
-                          tokens_per_second=result["tokens_per_second"],
-                          speedup=result["tokens_per_second"] / reference["tokens_per_second"],
+                          tokens_per_second=result.tokens_per_second,
+                          speedup=result.tokens_per_second / reference.tokens_per_second,
                           layers_per_token=fraction, agreement=agreement, similarity=similarity,
-                          threshold=result.get("threshold")))
+                          threshold=result.threshold))
     fixed = [row for row in table if row["method"] == "free" and row["agreement"] >= AGREEMENT_TARGET]
     oracle = max(fixed, key=lambda row: row["speedup"])["setting"] if fixed else None
     adaptive_threshold = next(row["setting"] for row in table if row["method"] == "free_adaptive")

@@ -98,8 +98,8 @@ def main(argv=None) -> None:
         for name, decoder in decoders.items():
             decoder.generate(batch)  # compiles this bucket (once) and warms up
             result = decoder.generate(batch)
-            seconds[name].append(result["seconds"])
-            exact[name] &= _until_eos(result["outputs"][0]["token_ids"], config) == _until_eos(want, config)
+            seconds[name].append(result.seconds)
+            exact[name] &= _until_eos(result.outputs[0].token_ids, config) == _until_eos(want, config)
     rows = {name: {"tokens_per_second": args.max_new_tokens / statistics.median(times),
                    "seconds": times} for name, times in seconds.items()}
     reference = rows["transformers generate"]["tokens_per_second"]

@@ -96,7 +96,7 @@ def measure_decoding(args, mesh):
                                      num_speculations=args.num_speculations, max_new_tokens=args.max_new_tokens)
         decoders[strategy] = generation.Decoder(config, params, tok, options, mesh=mesh)
         runs = [decoders[strategy].generate(batch) for _ in range(4)][1:]  # the first compiles
-        out[strategy] = {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs)}
+        out[strategy] = {"tokens_per_second": statistics.median(r.tokens_per_second for r in runs)}
     # an autoregressive step reads every weight and the whole static cache (attention is masked, not cut)
     slots = decoding.cache_length(decoders["autoregressive"].settings, batch.tokens.shape[1])
     itemsize = jax.numpy.dtype(config.jnp_dtype).itemsize  # the cache is kept in the model's compute dtype

@@ -11,7 +11,7 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,35 @@ OUTPUT_BUCKET = 64
 SCHEDULES = ("fixed", "heuristic")
 
 
+@dataclasses.dataclass(frozen=True)
+class RowOutput:
+    """One prompt's continuation and its decode statistics."""
+
+    token_ids: list[int]
+    text: str
+    new_tokens: int
+    drafted: int  # draft tokens proposed
+    accepted: int  # draft tokens accepted
+    rounds: int
+    acceptance_rate: float | None  # accepted / drafted; None when nothing was drafted
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeResult:
+    """A decoded batch: the statistics of the whole batch, then one `RowOutput` per prompt."""
+
+    strategy: str
+    exit_layer: int | None
+    num_speculations: int | None  # self_speculative and speculative
+    confidence: float | None  # self_speculative and speculative
+    threshold: float | None  # calm and free
+    layers_per_token: float | None  # calm and free: the share of the layers run over the fed tokens
+    seconds: float  # without compilation
+    new_tokens: int
+    tokens_per_second: float
+    outputs: tuple[RowOutput, ...]
+
+
 class PromptBatch(NamedTuple):
     tokens: np.ndarray  # [B, T] right-padded, T a multiple of BUCKET
     lengths: np.ndarray  # [B]
@@ -38,7 +67,7 @@ class Options:
     """What a user asks of a decode; `check` validates it against the model before anything compiles."""
 
     strategy: str = "self_speculative"
-    exit_layer: Optional[int] = None  # default: a quarter of the layers (at least 1)
+    exit_layer: int | None = None  # default: a quarter of the layers (at least 1)
     num_speculations: int = 2
     schedule: str = "fixed"
     confidence: float = 0.0  # stop a round's drafting below this top probability; 0 = never
@@ -48,11 +77,11 @@ class Options:
     top_p: float = 1.0
     seed: int = 0
     draft_vocab: int = 0  # K > 0: draft over the K most frequent tokens only (lsjax.draft_vocab); 0 = all
-    threshold: Optional[float] = None  # calm and free exit past this confidence; None: 0.9 (calm), adaptive (free)
+    threshold: float | None = None  # calm and free exit past this confidence; None: 0.9 (calm), adaptive (free)
     measure: str = "top2"  # calm and free: softmax | top2 | state (calm only)
     decay: bool = False  # calm: the threshold decays with the position
     stack: int = 8  # free: the most tokens that skip the deep layers before a deep pass
-    rollback: Optional[float] = None  # free: rewrite from a skipped token whose deep loss reaches this; None: off
+    rollback: float | None = None  # free: rewrite from a skipped token whose deep loss reaches this; None: off
 
     def check(self, config: LlamaConfig) -> "Options":
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
@@ -121,7 +150,7 @@ def _require(ok: bool, message: str) -> None:
         raise InputError(message)
 
 
-def encode_prompts(tok, texts: List[str]) -> PromptBatch:
+def encode_prompts(tok, texts: list[str]) -> PromptBatch:
     if not texts or not all(texts):
         raise InputError("empty prompt: give at least one character of text")
     encoded = [tok.encode(text) for text in texts]
@@ -139,7 +168,7 @@ def check_fits(config: LlamaConfig, batch: PromptBatch, max_new_tokens: int) -> 
                          f"exceeds the model's max_position_embeddings={config.max_position_embeddings}")
 
 
-def unrolls_layers(mesh: Optional[Mesh]) -> bool:
+def unrolls_layers(mesh: Mesh | None) -> bool:
     """Whether decoding runs the `model.per_layer` layout: yes, unless the mesh splits weights over fsdp. An
     unrolled loop lets XLA hoist every layer's FSDP all-gather out of the decode loop, holding the whole
     gathered model on every device (the 1B shape at 4096 on 1x8x1: 6.3 against 3.0 GiB, benchmarks/memory.py);
@@ -147,7 +176,7 @@ def unrolls_layers(mesh: Optional[Mesh]) -> bool:
     return mesh is None or mesh.shape.get("fsdp", 1) == 1
 
 
-def decoding_params(config: LlamaConfig, params, mesh: Optional[Mesh] = None):
+def decoding_params(config: LlamaConfig, params, mesh: Mesh | None = None):
     """params in the layout decoding runs (`unrolls_layers`), in their shardings on `mesh` if given."""
     shardings = None if mesh is None else model.param_shardings(config, mesh)
     if unrolls_layers(mesh):
@@ -159,7 +188,7 @@ def decoding_params(config: LlamaConfig, params, mesh: Optional[Mesh] = None):
 class Decoder:
     """One model, tokenizer and set of options; compiles each loop once and reuses it for every batch."""
 
-    def __init__(self, config: LlamaConfig, params, tok, options: Options, mesh: Optional[Mesh] = None,
+    def __init__(self, config: LlamaConfig, params, tok, options: Options, mesh: Mesh | None = None,
                  draft_ranking=None, draft=None):
         """mesh: decode sharded over it (params by the rules table, prompt rows over data and fsdp, the KV
         cache over rows and KV heads); the tokens are the same as on one device. draft_ranking: token ids by
@@ -210,7 +239,7 @@ class Decoder:
                 self._compiled[key] = lowered.compile()
         return self._compiled[key]
 
-    def generate(self, batch: PromptBatch) -> Dict:
+    def generate(self, batch: PromptBatch) -> DecodeResult:
         """Decodes a batch; the time excludes compilation. Returns per-row outputs and statistics."""
         check_fits(self.config, batch, self.options.max_new_tokens)
         compiled = self.compiled(batch)
@@ -223,30 +252,31 @@ class Decoder:
             self.adaptive.add(*jax.device_get(out.extra), num_tokens=jax.device_get(out.num_tokens))
         return report
 
-    def report(self, out: decoding.Output, seconds: float) -> Dict:
+    def report(self, out: decoding.Output, seconds: float) -> DecodeResult:
         out = jax.device_get(out)
         rows = []
         for b, n in enumerate(out.num_tokens):
             ids = out.tokens[b, :n].tolist()
             drafted, accepted = int(out.drafted[b]), int(out.accepted[b])
-            rows.append({"token_ids": ids, "text": self.tok.decode(ids), "new_tokens": int(n),
-                         "drafted": drafted, "accepted": accepted, "rounds": int(out.rounds[b]),
-                         "acceptance_rate": accepted / drafted if drafted else None})
+            rows.append(RowOutput(token_ids=ids, text=self.tok.decode(ids), new_tokens=int(n), drafted=drafted,
+                                  accepted=accepted, rounds=int(out.rounds[b]),
+                                  acceptance_rate=accepted / drafted if drafted else None))
         total = int(np.sum(out.num_tokens))
         speculative = self.options.strategy in ("self_speculative", "speculative")
         exits = self.options.strategy in ("calm", "free")
         fed = int(np.sum(np.maximum(out.num_tokens - 1, 0)))  # tokens the loop ran (the prefill picked the first)
-        return {"strategy": self.options.strategy, "exit_layer": self.settings.exit_layer or None,
-                "num_speculations": self.settings.num_speculations if speculative else None,
-                "confidence": self.options.confidence if speculative else None,
-                "threshold": float(self.knobs.threshold) if exits else None,
-                "layers_per_token": int(np.sum(out.layers)) / (self.config.num_layers * fed) if exits and fed else None,
-                "seconds": seconds, "new_tokens": total, "tokens_per_second": total / seconds, "outputs": rows}
+        return DecodeResult(
+            strategy=self.options.strategy, exit_layer=self.settings.exit_layer or None,
+            num_speculations=self.settings.num_speculations if speculative else None,
+            confidence=self.options.confidence if speculative else None,
+            threshold=float(self.knobs.threshold) if exits else None,
+            layers_per_token=int(np.sum(out.layers)) / (self.config.num_layers * fed) if exits and fed else None,
+            seconds=seconds, new_tokens=total, tokens_per_second=total / seconds, outputs=tuple(rows))
 
     def _on_round(self, count, tokens, kinds) -> None:
         self._rounds.put((count, tokens, kinds))
 
-    def stream(self, batch: PromptBatch) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def stream(self, batch: PromptBatch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
 
         The compiled loop sends its tokens through a host callback every `decoding.state.STREAM_EVERY`

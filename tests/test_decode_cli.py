@@ -73,7 +73,7 @@ def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
     heard = [1 + r for r in range(every, 39, every)] + [40]
     assert [len(ids) for ids, _ in chunks] == np.diff([0] + heard).tolist() and len(chunks) >= 3
     streamed = [int(t) for ids, _ in chunks for t in ids]
-    assert streamed == decoder.generate(batch)["outputs"][0]["token_ids"]
+    assert streamed == decoder.generate(batch).outputs[0].token_ids
     assert all((kinds == generation.decoding.FROM_MODEL).all() for _, kinds in chunks)
 
 
@@ -187,7 +187,7 @@ def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
     finally:
         jax.monitoring.unregister_event_duration_listener(count)
     assert after_first >= 1 and len(compiles) == after_first
-    assert result["outputs"][0]["new_tokens"] == 8
+    assert result.outputs[0].new_tokens == 8
 
 
 @pytest.fixture(scope="module")

@@ -409,8 +409,8 @@ def test_self_speculative_equals_autoregressive_on_the_embedded_model():
     tok = tokenizer.load(EMBEDDED)
     texts = prompts.humaneval(["0", "2", "12"])  # ragged lengths, decoded as one batch
     batch = generation.encode_prompts(tok, texts)
-    decode = lambda **o: [row["token_ids"] for row in generation.Decoder(
-        config, params, tok, generation.Options(max_new_tokens=40, **o)).generate(batch)["outputs"]]
+    decode = lambda **o: [row.token_ids for row in generation.Decoder(
+        config, params, tok, generation.Options(max_new_tokens=40, **o)).generate(batch).outputs]
     want = decode(strategy="autoregressive")
     settings = [(e, 4) for e in range(1, config.num_layers)] + [(2, 1), (2, 2), (2, 8)]
     for exit_layer, d in settings:

@@ -412,7 +412,7 @@ def test_smollm2_greedy_generation_matches_transformers(smollm2):
     prompt = TEXTS[1]  # 64 tokens without reaching EOS
     decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
                                                                           max_new_tokens=64))
-    ours = decoder.generate(generation.encode_prompts(tok, [prompt]))["outputs"][0]["token_ids"]
+    ours = decoder.generate(generation.encode_prompts(tok, [prompt])).outputs[0].token_ids
     ids = tok.encode(prompt)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one row's small matmuls: OpenMP threads only stall (25 s, not 6) on shared cores

@@ -31,9 +31,9 @@ def run(code: str, name: str) -> dict:
 def test_readme_library_example_runs(reader_dir, capsys):
     (code,) = python_blocks(ROOT / "README.md")  # the README holds exactly one Python example
     namespace = run(code, "README.md")
-    row = namespace["result"]["outputs"][0]
-    assert 0 < row["new_tokens"] <= 48 and row["text"]
-    assert 0 < row["acceptance_rate"] <= 1
+    row = namespace["result"].outputs[0]
+    assert 0 < row.new_tokens <= 48 and row.text
+    assert 0 < row.acceptance_rate <= 1
     assert "acceptance" in capsys.readouterr().out
 
 

@@ -98,7 +98,7 @@ def test_self_speculative_decoding_on_a_mesh_equals_one_device(shape):
                                               "return", "while True:"])
     want = generation.Decoder(config, params, tok, options).generate(prompts)
     got = generation.Decoder(config, params, tok, options, mesh=sharding.make_mesh(shape)).generate(prompts)
-    assert [row["token_ids"] for row in got["outputs"]] == [row["token_ids"] for row in want["outputs"]]
+    assert [row.token_ids for row in got.outputs] == [row.token_ids for row in want.outputs]
 
 
 @pytest.mark.parametrize("shape,needle", [
