@@ -125,14 +125,15 @@ def check_resources(decoder, texts: list[str]) -> None:
     logits must fit in the memory left once the params are loaded."""
     import jax
     import numpy as np
-    from lsjax import decoding, generation
+    from lsjax import decoding
     from lsjax.config import require_memory
+    from lsjax.decoder import encode_prompts
     from lsjax.errors import InputError
     config, d = decoder.config, decoder.options.num_speculations
     if decoder.options.strategy in ("self_speculative", "speculative") and d >= config.max_position_embeddings:
         raise InputError(f"--num-speculations d={d}: expected d < max_position_embeddings="
                          f"{config.max_position_embeddings} (a round drafts d tokens into the model's context)")
-    width = generation.encode_prompts(decoder.tok, sorted(set(texts))).tokens.shape[1]
+    width = encode_prompts(decoder.tok, sorted(set(texts))).tokens.shape[1]
     length = decoding.cache_length(decoder.settings, width)
     cache = (2 * config.num_layers * len(texts) * length * config.num_kv_heads * config.head_dim
              * np.dtype(config.jnp_dtype).itemsize)
@@ -143,7 +144,7 @@ def check_resources(decoder, texts: list[str]) -> None:
 
 
 def options_from(args):
-    from lsjax.generation import Options
+    from lsjax.decoder import Options
     return Options(strategy=args.strategy, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
                    schedule=args.schedule, confidence=args.confidence, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -167,7 +168,8 @@ def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from lsjax import checkpoints, draft_vocab, generation, sharding
+    from lsjax import checkpoints, draft_vocab, sharding
+    from lsjax.decoder import Decoder, check_fits, encode_prompts
     from lsjax.errors import InputError
     try:
         check_flags(args)
@@ -184,10 +186,10 @@ def main(argv=None) -> int:
                 raise InputError(f"--draft-checkpoint {args.draft_checkpoint}: its tokenizer has {draft_tok.vocab_size}"
                                  f" tokens, the model's {tok.vocab_size}: the draft must share the tokenizer")
             draft = (draft_config, draft_params)
-        decoder = generation.Decoder(config, params, tok, options, mesh=mesh, draft_ranking=ranking, draft=draft)
+        decoder = Decoder(config, params, tok, options, mesh=mesh, draft_ranking=ranking, draft=draft)
         check_resources(decoder, texts)
-        batch = generation.encode_prompts(tok, texts)
-        generation.check_fits(config, batch, options.max_new_tokens)
+        batch = encode_prompts(tok, texts)
+        check_fits(config, batch, options.max_new_tokens)
     except InputError as err:  # bad checkpoint, tokenizer, config, prompt or flag
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -196,7 +198,7 @@ def main(argv=None) -> int:
     result = decoder.generate(batch)
     baseline = None
     if options.strategy != "autoregressive":
-        baseline = generation.Decoder(config, params, tok, dataclasses.replace(
+        baseline = Decoder(config, params, tok, dataclasses.replace(
             options, strategy="autoregressive", draft_vocab=0, threshold=None, decay=False, rollback=None),
             mesh=mesh).generate(batch).tokens_per_second
     if args.json:  # with the ids each row was fed (BOS only where the checkpoint's tokenizer adds one)

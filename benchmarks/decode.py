@@ -40,7 +40,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lsjax import checkpoints, decoding, draft_vocab, generation, kvcache, model, prompts  # noqa: E402
+from lsjax import checkpoints, decoding, draft_vocab, kvcache, model, prompts  # noqa: E402
+from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 
 PASSES = 50  # cached passes per compiled loop in `pass_costs`
 
@@ -151,11 +152,10 @@ def pass_costs(config, params, exit_layers, ds, cache_length: int, repeats: int 
     return {name: 1000 * float(np.median(s)) / PASSES for name, s in seconds.items()}
 
 
-def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> generation.Decoder:
+def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> Decoder:
     options = dict(options)
     ranking = options.pop("draft_ranking", None)
-    return generation.Decoder(config, params, tok, generation.Options(max_new_tokens=max_new_tokens, **options),
-                              draft_ranking=ranking)
+    return Decoder(config, params, tok, Options(max_new_tokens=max_new_tokens, **options), draft_ranking=ranking)
 
 
 def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeats: int):
@@ -165,7 +165,7 @@ def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeat
                 for name, o in options.items()}
     results = {name: [] for name in decoders}
     for text in tqdm(texts, desc="prompts", unit="prompt"):
-        batch = generation.encode_prompts(tok, [text])
+        batch = encode_prompts(tok, [text])
         runs = {name: [] for name in decoders}
         for _ in range(repeats):
             for name, decoder in decoders.items():
@@ -236,7 +236,7 @@ def batched(config, params, tok, texts, best: dict, batch_sizes, max_new_tokens:
     """tokens/s of autoregressive and the best self-speculative setting at each batch size (median of 3)."""
     rows = []
     for size in batch_sizes:
-        batch = generation.encode_prompts(tok, [texts[i % len(texts)] for i in range(size)])
+        batch = encode_prompts(tok, [texts[i % len(texts)] for i in range(size)])
         figures = {}
         for name, o in (("autoregressive", {"strategy": "autoregressive"}), ("self_speculative", best)):
             decoder = make_decoder(config, params, tok, max_new_tokens, o)
@@ -256,7 +256,7 @@ def streaming_overhead(config, params, tok, texts, best: dict, max_new_tokens: i
     decoder = make_decoder(config, params, tok, max_new_tokens, best)
     whole, streamed = [], []
     for text in texts:
-        batch = generation.encode_prompts(tok, [text])
+        batch = encode_prompts(tok, [text])
         for _ in decoder.stream(batch):  # compiles the streaming loop for this bucket
             pass
         for _ in range(repeats):
@@ -274,7 +274,7 @@ def streaming_overhead(config, params, tok, texts, best: dict, max_new_tokens: i
 
 def memory(config, params, tok, text, best: dict, max_new_tokens: int):
     """XLA's bytes for arguments + outputs + temporaries of each compiled loop (batch 1)."""
-    batch = generation.encode_prompts(tok, [text])
+    batch = encode_prompts(tok, [text])
     out = {}
     for name, o in (("autoregressive", {"strategy": "autoregressive"}), ("self_speculative", best)):
         decoder = make_decoder(config, params, tok, max_new_tokens, o)
@@ -350,7 +350,7 @@ def main(argv=None):
     all_ds = sorted(set(args.num_speculations) | set(args.ceiling_speculations))
     longest_draft = decoding.Settings(strategy="self_speculative", num_speculations=max(all_ds),
                                       output_size=args.max_new_tokens)
-    cache_length = decoding.cache_length(longest_draft, generation.encode_prompts(tok, texts[:1]).tokens.shape[1])
+    cache_length = decoding.cache_length(longest_draft, encode_prompts(tok, texts[:1]).tokens.shape[1])
     costs = pass_costs(config, params, exit_layers, all_ds, cache_length)
     print("pass costs (ms, cached, with the head): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
     summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config, costs)

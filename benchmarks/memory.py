@@ -28,7 +28,8 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 
-from lsjax import decoding, generation, model, objective, sharding, train, train_config  # noqa: E402
+from lsjax import decoding, model, objective, sharding, train, train_config  # noqa: E402
+from lsjax.decoder import unrolls_layers  # noqa: E402
 from lsjax.config import LlamaConfig, RopeScaling  # noqa: E402
 
 GIB = 2 ** 30
@@ -110,7 +111,7 @@ def decode_memory(config: LlamaConfig, mesh, batch_size: int, seq_len: int) -> d
     config = config.replace(param_dtype="bfloat16", dtype="bfloat16")
     shardings = model.param_shardings(config, mesh)
     params = jax.eval_shape(model.init, config, jax.random.key(0))
-    if generation.unrolls_layers(mesh):  # the layout generation.Decoder runs on this mesh
+    if unrolls_layers(mesh):  # the layout Decoder runs on this mesh
         params = jax.eval_shape(lambda: model.per_layer(model.init(config, jax.random.key(0))))
         shardings = model.per_layer_shardings(shardings, config.num_layers)
     params = abstract(params, shardings)

@@ -32,7 +32,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lsjax import checkpoints, generation, prompts  # noqa: E402
+from lsjax import checkpoints, prompts  # noqa: E402
+from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 from lsjax.decoding import speculative  # noqa: E402
 
 AGREEMENT_TARGET = 0.9
@@ -88,12 +89,12 @@ def main(argv=None):
         draft_config, draft_params = speculative.truncated(config, params, args.exit_layer)
         draft_name = f"first {args.exit_layer} layers as a separate model"
     texts = prompts.humaneval([str(i) for i in range(args.num_prompts)])
-    batch = generation.encode_prompts(tok, texts)
-    base = generation.Options(max_new_tokens=args.max_new_tokens)
+    batch = encode_prompts(tok, texts)
+    base = Options(max_new_tokens=args.max_new_tokens)
     e, d, layers = args.exit_layer, args.num_speculations, config.num_layers
 
     def run(method, setting, draft=None, **options):
-        decoder = generation.Decoder(config, params, tok, dataclasses.replace(base, **options), draft=draft)
+        decoder = Decoder(config, params, tok, dataclasses.replace(base, **options), draft=draft)
         return dict(method=method, setting=setting, decoder=decoder)
 
     records = [run("autoregressive", "", strategy="autoregressive"),
@@ -107,7 +108,7 @@ def main(argv=None):
                                  ("state", args.state_thresholds)):
         for limit in limits:
             records.append(run(f"calm_{measure_name}", limit, strategy="calm", measure=measure_name, threshold=limit))
-    adaptive = generation.Decoder(config, params, tok, dataclasses.replace(base, strategy="free", exit_layer=e))
+    adaptive = Decoder(config, params, tok, dataclasses.replace(base, strategy="free", exit_layer=e))
     for _ in range(args.adaptive_batches):  # each batch's pairs refit the threshold for the next
         adaptive.generate(batch)
     records.append(dict(method="free_adaptive", setting=round(adaptive.adaptive.threshold(), 3), decoder=adaptive))

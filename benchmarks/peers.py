@@ -29,7 +29,8 @@ xla_cpu.configure()
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from lsjax import checkpoints, draft_vocab, generation, gguf_checkpoint, prompts  # noqa: E402
+from lsjax import checkpoints, draft_vocab, gguf_checkpoint, prompts  # noqa: E402
+from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -78,18 +79,18 @@ def main(argv=None) -> None:
     no_eos = dict(eos_token_ids=())  # every method generates exactly max_new_tokens
     draft_vocabs = [int(k) for k in args.draft_vocabs.split(",")]
     ranking = draft_vocab.for_checkpoint(checkpoint, tok) if any(draft_vocabs) else None
-    decoders = {"lsjax autoregressive": generation.Decoder(config.replace(**no_eos), params, tok, generation.Options(
+    decoders = {"lsjax autoregressive": Decoder(config.replace(**no_eos), params, tok, Options(
         strategy="autoregressive", max_new_tokens=args.max_new_tokens))}
     for k in draft_vocabs:
         name = f"lsjax self-speculative E={args.exit_layer} d={args.num_speculations}" + (f" K={k}" if k else "")
-        decoders[name] = generation.Decoder(config.replace(**no_eos), params, tok, generation.Options(
+        decoders[name] = Decoder(config.replace(**no_eos), params, tok, Options(
             strategy="self_speculative", exit_layer=args.exit_layer, num_speculations=args.num_speculations,
             max_new_tokens=args.max_new_tokens, draft_vocab=k), draft_ranking=ranking)
     seconds = {name: [] for name in ["transformers generate", f"transformers assistant_early_exit={args.exit_layer}",
                                      *decoders]}
     exact = {name: True for name in decoders}
     for text in texts:
-        batch = generation.encode_prompts(tok, [text])
+        batch = encode_prompts(tok, [text])
         ids = batch.tokens[0, :batch.lengths[0]].tolist()
         want, t = timed_generate(hf_model, ids, args.max_new_tokens)
         seconds["transformers generate"].append(t)

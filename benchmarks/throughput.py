@@ -25,8 +25,8 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lsjax import (checkpoints, data, decoding, generation, model, prompts, sharding, train,  # noqa: E402
-                   train_config)
+from lsjax import checkpoints, data, decoding, model, prompts, sharding, train, train_config  # noqa: E402
+from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 
 # Dense bf16 peak TFLOP/s and HBM GB/s per device, by jax's device_kind (a chip for TPUs).
 PEAKS = {"TPU v4": (275, 1200), "TPU v5 lite": (197, 819), "TPU v5e": (197, 819), "TPU v5p": (459, 2765),
@@ -88,13 +88,13 @@ def measure_decoding(args, mesh):
     config, params, tok = checkpoints.load_model(args.checkpoint)
     rows = args.batch_size or mesh.size
     texts = list(prompts.humaneval_problems().values())[:rows]
-    batch = generation.encode_prompts(tok, [texts[i % len(texts)] for i in range(rows)])
+    batch = encode_prompts(tok, [texts[i % len(texts)] for i in range(rows)])
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     out, decoders = {}, {}
     for strategy in ("autoregressive", "self_speculative"):
-        options = generation.Options(strategy=strategy, exit_layer=args.exit_layer,
-                                     num_speculations=args.num_speculations, max_new_tokens=args.max_new_tokens)
-        decoders[strategy] = generation.Decoder(config, params, tok, options, mesh=mesh)
+        options = Options(strategy=strategy, exit_layer=args.exit_layer, num_speculations=args.num_speculations,
+                          max_new_tokens=args.max_new_tokens)
+        decoders[strategy] = Decoder(config, params, tok, options, mesh=mesh)
         runs = [decoders[strategy].generate(batch) for _ in range(4)][1:]  # the first compiles
         out[strategy] = {"tokens_per_second": statistics.median(r.tokens_per_second for r in runs)}
     # an autoregressive step reads every weight and the whole static cache (attention is masked, not cut)

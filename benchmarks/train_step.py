@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lsjax
-from lsjax import data, early_exit, model, train, train_config  # noqa: E402
+from lsjax import data, early_exit_loss, model, train, train_config  # noqa: E402
 from lsjax.config import LlamaConfig  # noqa: E402
 
 
@@ -58,10 +58,10 @@ def loss_peak_memory(chunk_size, vocab=128256, hidden=256, layers=8, tokens=2048
     params = jax.eval_shape(functools.partial(model.init, config), jax.random.key(0))
     hidden_states = jax.ShapeDtypeStruct((layers, 1, tokens, hidden), jnp.float32)
     targets = jax.ShapeDtypeStruct((1, tokens), jnp.int32)
-    selection = early_exit.Selection(jnp.arange(layers, dtype=jnp.int32), jnp.full((layers,), 1.0 / layers))
+    selection = early_exit_loss.Selection(jnp.arange(layers, dtype=jnp.int32), jnp.full((layers,), 1.0 / layers))
 
     def loss(p, h, y):
-        return early_exit.early_exit_loss(config, p, h, y, selection, chunk_size=chunk_size).loss
+        return early_exit_loss.early_exit_loss(config, p, h, y, selection, chunk_size=chunk_size).loss
 
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, hidden_states, targets).compile()
     return compiled.memory_analysis().temp_size_in_bytes

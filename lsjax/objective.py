@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from lsjax import early_exit, layer_dropout, model, shallow_deep
+from lsjax import early_exit_loss, layer_dropout, model, shallow_deep
 from lsjax.config import LlamaConfig
 
 
@@ -74,11 +74,11 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
         value, out, layers = shallow_deep.loss(config, params, hidden, batch["targets"], batch["loss_mask"], shallow,
                                                recipe.free_alpha, recipe.free_mapping, recipe.loss_chunk_size)
         return value, (out, layers)
-    selection = early_exit.select_layers(recipe.curriculum, config.num_layers, step, recipe.total_steps,
-                                         recipe.e_scale, recipe.rotation, recipe.exit_scale_shape)
-    out = early_exit.early_exit_loss(config, params, hidden, batch["targets"], selection,
-                                     loss_mask=batch["loss_mask"], beta=recipe.self_distill_beta,
-                                     chunk_size=recipe.loss_chunk_size)
+    selection = early_exit_loss.select_layers(recipe.curriculum, config.num_layers, step, recipe.total_steps,
+                                              recipe.e_scale, recipe.rotation, recipe.exit_scale_shape)
+    out = early_exit_loss.early_exit_loss(config, params, hidden, batch["targets"], selection,
+                                          loss_mask=batch["loss_mask"], beta=recipe.self_distill_beta,
+                                          chunk_size=recipe.loss_chunk_size)
     return out.loss, (out, selection.layers)
 
 
@@ -91,8 +91,8 @@ def evaluate_exits(config: LlamaConfig, params, batch, chunk_size: int = 1024):
     groups = []
     for first in range(0, config.num_layers, EVAL_EXIT_GROUP):
         layers = jnp.arange(first, min(first + EVAL_EXIT_GROUP, config.num_layers), dtype=jnp.int32)
-        groups.append(early_exit.early_exit_loss(
-            config, params, hidden, batch["targets"], early_exit.Selection(layers, jnp.zeros(layers.shape)),
+        groups.append(early_exit_loss.early_exit_loss(
+            config, params, hidden, batch["targets"], early_exit_loss.Selection(layers, jnp.zeros(layers.shape)),
             loss_mask=batch["loss_mask"], chunk_size=chunk_size, measure_agreement=True))
     count = jnp.sum(batch["loss_mask"])
     stats = [jnp.concatenate([getattr(g, name) for g in groups]) * count

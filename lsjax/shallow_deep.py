@@ -20,7 +20,7 @@ from typing import List, Tuple
 import jax
 import jax.numpy as jnp
 
-from lsjax import early_exit, model
+from lsjax import early_exit_loss, model
 from lsjax.config import ConfigError, LlamaConfig
 
 MAPPINGS = ("uniform", "last", "dynamic")
@@ -62,7 +62,7 @@ def distillation(config: LlamaConfig, params, hidden, shallow: int, mapping: str
 
 
 def loss(config: LlamaConfig, params, hidden, targets, loss_mask, shallow: int, alpha: float, mapping: str,
-         chunk_size: int) -> Tuple[jax.Array, early_exit.ExitLoss, jax.Array]:
+         chunk_size: int) -> Tuple[jax.Array, early_exit_loss.ExitLoss, jax.Array]:
     """(loss, the two exits' ExitLoss, their layer indices [2]) from hidden states [L, B, T, D]."""
     num_layers = config.num_layers
     if not 1 <= shallow < num_layers:
@@ -70,7 +70,8 @@ def loss(config: LlamaConfig, params, hidden, targets, loss_mask, shallow: int, 
     layers = jnp.asarray([shallow - 1, num_layers - 1], jnp.int32)
     weights = jnp.asarray([shallow, num_layers], jnp.float32) / (shallow + num_layers)
     mask = jnp.ones(targets.shape, jnp.float32) if loss_mask is None else loss_mask
-    out = early_exit.early_exit_loss(config, params, hidden, targets, early_exit.Selection(layers, weights),
-                                     loss_mask=mask, chunk_size=chunk_size)
+    out = early_exit_loss.early_exit_loss(config, params, hidden, targets,
+                                          early_exit_loss.Selection(layers, weights), loss_mask=mask,
+                                          chunk_size=chunk_size)
     kd = distillation(config, params, hidden, shallow, mapping, mask) if alpha else jnp.float32(0.0)
     return out.loss + alpha * kd, out, layers

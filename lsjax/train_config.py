@@ -19,7 +19,7 @@ from typing import Any, Self
 import jax
 import numpy as np
 
-from lsjax import data, early_exit, layer_dropout, objective, shallow_deep
+from lsjax import data, early_exit_loss, layer_dropout, objective, shallow_deep
 from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScaling, require_memory
 
 # Keys a resume may not change, because the checkpoint or the data iterator's position would no longer mean
@@ -269,13 +269,14 @@ def validate_train_config(cfg) -> None:
     t, d = cfg.train, cfg.data
     _check(0.0 <= t.p_max <= 1.0, "train.p_max", t.p_max, "a number in [0, 1]")
     _check(0.0 <= t.e_scale <= 1.0, "train.e_scale", t.e_scale, "a number in [0, 1]")
-    _check(t.exit_scale_shape in early_exit.EXIT_SCALE_SHAPES, "train.exit_scale_shape", t.exit_scale_shape,
-           f"one of {list(early_exit.EXIT_SCALE_SHAPES)}")
+    _check(t.exit_scale_shape in early_exit_loss.EXIT_SCALE_SHAPES, "train.exit_scale_shape",
+           t.exit_scale_shape, f"one of {list(early_exit_loss.EXIT_SCALE_SHAPES)}")
     _check(t.layer_dropout_scale in tuple(layer_dropout.LAYER_SCALES), "train.layer_dropout_scale", t.layer_dropout_scale,
            f"one of {list(tuple(layer_dropout.LAYER_SCALES))}")
     _check(t.layer_dropout_time_scale in layer_dropout.TIME_SCALES, "train.layer_dropout_time_scale",
            t.layer_dropout_time_scale, f"one of {list(layer_dropout.TIME_SCALES)}")
-    _check(t.curriculum in early_exit.CURRICULA, "train.curriculum", t.curriculum, f"one of {list(early_exit.CURRICULA)}")
+    _check(t.curriculum in early_exit_loss.CURRICULA, "train.curriculum", t.curriculum,
+           f"one of {list(early_exit_loss.CURRICULA)}")
     _check(isinstance(t.rotation, int) and t.rotation >= 1, "train.rotation", t.rotation, "an integer R >= 1")
     for key in ("steps", "batch_size", "grad_accum", "loss_chunk_size", "log_every", "eval_every",
                 "eval_batches", "checkpoint_every", "keep_checkpoints"):

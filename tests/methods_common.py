@@ -10,7 +10,7 @@ import numpy as np
 from tests.conftest import TINY
 from tests.test_decoding import right_pad, rows, scaled_random_model
 from lsjax import decoding, model
-from lsjax.decoding import Knobs, Settings, state as state_lib
+from lsjax.decoding import Knobs, Settings, loop
 
 WIDTH = 10  # every prompt batch is padded to this, so examples of one setting share a compiled loop
 NEW_TOKENS = 16
@@ -46,13 +46,13 @@ def speculative(config, params, draft, prompts, max_new_tokens, d, **options):
 
 @functools.partial(jax.jit, static_argnames=("config", "settings", "prepare"))
 def _loop(config, params, settings, tokens, lengths, knobs, prepare):
-    state = state_lib.start(config, params, settings, tokens, lengths, settings.output_size, jax.random.key(0), knobs,
-                            max_length=decoding.cache_length(settings, tokens.shape[1]), depth=config.num_layers,
-                            cache_layers=config.num_layers)
+    state = loop.start(config, params, settings, tokens, lengths, settings.output_size, jax.random.key(0), knobs,
+                       max_length=decoding.cache_length(settings, tokens.shape[1]), depth=config.num_layers,
+                       cache_layers=config.num_layers)
     if prepare is not None:
         state = prepare(config, params, settings, knobs, state, tokens, lengths)
-    return state_lib.loop(functools.partial(decoding._ROUNDS[settings.strategy], config, params, settings, knobs),
-                          state)
+    return loop.run_rounds(functools.partial(decoding._ROUNDS[settings.strategy], config, params, settings, knobs),
+                           state)
 
 
 def run_loop(config, params, settings, prompts, knobs, prepare=None, per_layer=True):

@@ -3,7 +3,7 @@
     python -m tests.mutants            # every mutant (21 minutes on 2 cores)
     python -m tests.mutants --list
     python -m tests.mutants greedy-stale-slot kl-direction
-    python -m tests.mutants rotation-plus --tests tests/test_early_exit.py::test_rotational_curriculum_over_three_groups_equals_hand_computed
+    python -m tests.mutants rotation-plus --tests tests/test_early_exit_loss.py::test_rotational_curriculum_over_three_groups_equals_hand_computed
 
 Each mutant is a small wrong version of a core rule (acceptance, rollback, the draft schedule, layer-dropout
 masks, curricula, the KL term, attention grouping, the exported weights' layout), the kind of bug a refactor
@@ -103,15 +103,15 @@ MUTANTS: Dict[str, Mutant] = {
         "tests/test_objective.py tests/test_layer_dropout.py"),
     "rotation-plus": Mutant(
         "the rotational curriculum enables (l + t) mod R == 0 instead of (l - t) mod R == 0",
-        "lsjax/early_exit.py",
+        "lsjax/early_exit_loss.py",
         "return ((layers - step) % rotation == 0) | last", "return ((layers + step) % rotation == 0) | last",
-        "tests/test_early_exit.py"),
+        "tests/test_early_exit_loss.py"),
     "kl-direction": Mutant(
         "self-distillation computes KL(exit || last) instead of KL(last || exit)",
-        "lsjax/early_exit.py",
+        "lsjax/early_exit_loss.py",
         "kl = jnp.sum(jnp.exp(teacher)[None] * (teacher[None] - log_probs), axis=-1)",
         "kl = jnp.sum(jnp.exp(log_probs) * (log_probs - teacher[None]), axis=-1)",
-        "tests/test_early_exit.py"),
+        "tests/test_early_exit_loss.py"),
     "gqa-interleaved": Mutant(
         "grouped-query attention gives query head h the KV head h mod KV (instead of h // (H / KV))",
         "lsjax/attention.py",

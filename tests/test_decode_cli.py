@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lsjax import checkpoints, generation, hf, model, tokenizer
+from lsjax import checkpoints, decoding, hf, model, tokenizer
+from lsjax.decoder import Decoder, Options, encode_prompts
 
 from tests.random_model import random_model
 
@@ -63,18 +64,17 @@ def test_mesh_flag_decodes_the_same_tokens_as_one_device(checkpoint, capsys):
 
 def test_stream_yields_every_token_in_chunks_while_the_loop_runs(checkpoint):
     config, params, tok = checkpoints.load_model(checkpoint)
-    decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
-                                                                         max_new_tokens=40))
-    batch = generation.encode_prompts(tok, ["def add(a, b):"])
+    decoder = Decoder(config, params, tok, Options(strategy="autoregressive", max_new_tokens=40))
+    batch = encode_prompts(tok, ["def add(a, b):"])
     chunks = list(decoder.stream(batch))
     # the first token comes from the prefill, then 39 one-token rounds; the host hears after every
     # STREAM_EVERY rounds and after the last
-    every = generation.decoding.state.STREAM_EVERY
+    every = decoding.loop.STREAM_EVERY
     heard = [1 + r for r in range(every, 39, every)] + [40]
     assert [len(ids) for ids, _ in chunks] == np.diff([0] + heard).tolist() and len(chunks) >= 3
     streamed = [int(t) for ids, _ in chunks for t in ids]
     assert streamed == decoder.generate(batch).outputs[0].token_ids
-    assert all((kinds == generation.decoding.FROM_MODEL).all() for _, kinds in chunks)
+    assert all((kinds == decoding.FROM_MODEL).all() for _, kinds in chunks)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -168,7 +168,7 @@ def test_not_a_checkpoint(tmp_path, capsys):
 def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
     config, params = hf.load(checkpoint)
     tok = tokenizer.load(checkpoint)
-    decoder = generation.Decoder(config, params, tok, generation.Options(max_new_tokens=8, exit_layer=2))
+    decoder = Decoder(config, params, tok, Options(max_new_tokens=8, exit_layer=2))
     jax.clear_caches()  # the same program may have been compiled by an earlier test
     compiles = []
 
@@ -176,8 +176,8 @@ def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
         if name == "/jax/core/compile/backend_compile_duration":
             compiles.append(secs)
 
-    first = generation.encode_prompts(tok, ["def f(x):"])
-    second = generation.encode_prompts(tok, ["import os\nclass Parser(object):\n    pass"])
+    first = encode_prompts(tok, ["def f(x):"])
+    second = encode_prompts(tok, ["import os\nclass Parser(object):\n    pass"])
     assert first.tokens.shape == second.tokens.shape and first.lengths[0] != second.lengths[0]
     jax.monitoring.register_event_duration_secs_listener(count)
     try:

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from scipy import stats
 
 from tests.conftest import TINY, scaled
-from lsjax import decoding, generation, hf, model, prompts, tokenizer
+from lsjax import decoding, hf, model, prompts, tokenizer
+from lsjax.decoder import Decoder, Options, encode_prompts
 from lsjax.config import LlamaConfig
-from lsjax.decoding import Knobs, Sampling, Settings, self_speculative, state as state_lib
+from lsjax.decoding import Knobs, Sampling, Settings, loop, self_speculative
 
 
 def right_pad(prompts, width=None):
@@ -28,7 +29,7 @@ def right_pad(prompts, width=None):
 
 
 def generate(config, params, prompts, max_new_tokens, key=0, knobs=None, per_layer=True, **settings):
-    """per_layer: in the decoding layout (`model.per_layer`, as `generation.Decoder` runs), else stacked."""
+    """per_layer: in the decoding layout (`model.per_layer`, as `Decoder` runs), else stacked."""
     settings = Settings(**{"output_size": max_new_tokens, **settings})
     tokens, lengths = right_pad(prompts)
     params = model.per_layer(params) if per_layer else params
@@ -164,14 +165,14 @@ def _rounds(config, params, settings: Settings, prompts, max_new_tokens, knobs):
     """Runs the self-speculative rounds one at a time: per round, the drafts and accepted drafts of every row
     ([rounds, B] each) and which rows took part."""
     tokens, lengths = right_pad(prompts)
-    state = state_lib.start(config, params, settings, tokens, lengths, max_new_tokens, jax.random.key(0), knobs,
-                            max_length=decoding.cache_length(settings, tokens.shape[1]), depth=config.num_layers,
-                            cache_layers=config.num_layers)
-    advance = jax.jit(functools.partial(self_speculative.advance, config, params, settings, knobs))
+    state = loop.start(config, params, settings, tokens, lengths, max_new_tokens, jax.random.key(0), knobs,
+                       max_length=decoding.cache_length(settings, tokens.shape[1]), depth=config.num_layers,
+                       cache_layers=config.num_layers)
+    run_round = jax.jit(functools.partial(self_speculative.run_round, config, params, settings, knobs))
     drafted, accepted, active = [], [], []
     while not np.all(state.done):
         active.append(~np.asarray(state.done))
-        new = advance(state)
+        new = run_round(state)
         drafted.append(np.asarray(new.drafted - state.drafted))
         accepted.append(np.asarray(new.accepted - state.accepted))
         state = new
@@ -408,9 +409,9 @@ def test_self_speculative_equals_autoregressive_on_the_embedded_model():
     config, params = hf.load(EMBEDDED)
     tok = tokenizer.load(EMBEDDED)
     texts = prompts.humaneval(["0", "2", "12"])  # ragged lengths, decoded as one batch
-    batch = generation.encode_prompts(tok, texts)
-    decode = lambda **o: [row.token_ids for row in generation.Decoder(
-        config, params, tok, generation.Options(max_new_tokens=40, **o)).generate(batch).outputs]
+    batch = encode_prompts(tok, texts)
+    decode = lambda **o: [row.token_ids for row in Decoder(
+        config, params, tok, Options(max_new_tokens=40, **o)).generate(batch).outputs]
     want = decode(strategy="autoregressive")
     settings = [(e, 4) for e in range(1, config.num_layers)] + [(2, 1), (2, 2), (2, 8)]
     for exit_layer, d in settings:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from lsjax import generation, gguf_checkpoint as gc, hf, model, tokenizer as tk
+from lsjax import gguf_checkpoint as gc, hf, model, tokenizer as tk
+from lsjax.decoder import Decoder, Options, encode_prompts
 from lsjax.config import LlamaConfig, RopeScaling
 from tests.conftest import HF_VOCAB
 
@@ -397,7 +398,7 @@ def test_smollm2_logits_match_transformers(smollm2):
     moves logits by ~1e-4 (transformers' float32 logits are up to 7e-5 from its float64 ones, lsjax's 1.7e-4),
     so the bound is 2.5e-4, and every position's argmax must agree."""
     _, config, params, tok, _, hf_model = smollm2
-    batch = generation.encode_prompts(tok, TEXTS)  # right-padded: causal, so padding changes no real position
+    batch = encode_prompts(tok, TEXTS)  # right-padded: causal, so padding changes no real position
     ours = np.asarray(model.logits(config, params, jnp.asarray(batch.tokens)))
     with torch.no_grad():
         theirs = hf_model(torch.tensor(batch.tokens, dtype=torch.long)).logits.numpy()
@@ -410,9 +411,8 @@ def test_smollm2_logits_match_transformers(smollm2):
 def test_smollm2_greedy_generation_matches_transformers(smollm2):
     _, config, params, tok, _, hf_model = smollm2
     prompt = TEXTS[1]  # 64 tokens without reaching EOS
-    decoder = generation.Decoder(config, params, tok, generation.Options(strategy="autoregressive",
-                                                                          max_new_tokens=64))
-    ours = decoder.generate(generation.encode_prompts(tok, [prompt])).outputs[0].token_ids
+    decoder = Decoder(config, params, tok, Options(strategy="autoregressive", max_new_tokens=64))
+    ours = decoder.generate(encode_prompts(tok, [prompt])).outputs[0].token_ids
     ids = tok.encode(prompt)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one row's small matmuls: OpenMP threads only stall (25 s, not 6) on shared cores

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from lsjax import generation, model, objective, sharding, train
+from lsjax import model, objective, sharding, train
+from lsjax.decoder import Decoder, Options, encode_prompts
 from lsjax.config import ConfigError, LlamaConfig
 from tests.random_model import random_model
 
@@ -93,11 +94,11 @@ def test_fsdp_never_gathers_the_params_on_one_device():
 @pytest.mark.parametrize("shape", MESHES)
 def test_self_speculative_decoding_on_a_mesh_equals_one_device(shape):
     config, params, tok = random_model()
-    options = generation.Options(strategy="self_speculative", exit_layer=2, num_speculations=3, max_new_tokens=12)
-    prompts = generation.encode_prompts(tok, ["def f(x):", "import os", "x = [", "class A:", "for i in", "#",
-                                              "return", "while True:"])
-    want = generation.Decoder(config, params, tok, options).generate(prompts)
-    got = generation.Decoder(config, params, tok, options, mesh=sharding.make_mesh(shape)).generate(prompts)
+    options = Options(strategy="self_speculative", exit_layer=2, num_speculations=3, max_new_tokens=12)
+    prompts = encode_prompts(tok, ["def f(x):", "import os", "x = [", "class A:", "for i in", "#", "return",
+                                   "while True:"])
+    want = Decoder(config, params, tok, options).generate(prompts)
+    got = Decoder(config, params, tok, options, mesh=sharding.make_mesh(shape)).generate(prompts)
     assert [row.token_ids for row in got.outputs] == [row.token_ids for row in want.outputs]
 
 

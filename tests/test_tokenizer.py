@@ -269,8 +269,8 @@ def test_no_bos_when_the_tokenizer_adds_none(tmp_path, tmp_path_factory):
     body = tok.encode("hello", add_bos=False)
     assert not tok.adds_bos and tok.encode("hello") == body and tok.encode_batch(["hello"]) == [body]
     assert tok.encode("hello", add_bos=True) == [259, *body]  # data preparation still asks for it explicitly
-    from lsjax import generation
-    assert generation.encode_prompts(tok, ["hello"]).tokens[0, :len(body)].tolist() == body
+    from lsjax.decoder import encode_prompts
+    assert encode_prompts(tok, ["hello"]).tokens[0, :len(body)].tolist() == body
     # saved and reloaded it still adds none, and transformers agrees
     saved_dir = tok.save(tmp_path_factory.mktemp("no-bos-saved"))
     assert not tk.load(saved_dir).adds_bos

@@ -1,4 +1,4 @@
-"""Generation loops that run entirely on the device over a static-shape KV cache.
+"""The jitted side of decoding: loops that run entirely on the device over a static-shape KV cache.
 
     settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, output_size=128)
     out = decoding.generate(config, params, settings, prompts, lengths, max_new_tokens, key, knobs,
@@ -16,14 +16,14 @@ from typing import Optional
 import jax
 
 from lsjax.config import LlamaConfig
-from lsjax.decoding import autoregressive, calm, free, self_speculative, speculative, state as state_lib
+from lsjax.decoding import autoregressive, calm, early_exit, free, loop, self_speculative, speculative
 from lsjax.decoding.sampling import Knobs, Sampling
-from lsjax.decoding.state import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, OnRound, Output, Settings
+from lsjax.decoding.loop import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, OnRound, Output, Settings
 
 STRATEGIES = ("autoregressive", "early_exit", "self_speculative", "speculative", "calm", "free")
-_ROUNDS = {"autoregressive": autoregressive.advance, "early_exit": autoregressive.advance,
-           "self_speculative": self_speculative.advance, "speculative": speculative.advance,
-           "calm": calm.advance, "free": free.advance}
+_ROUNDS = {"autoregressive": autoregressive.run_round, "early_exit": early_exit.run_round,
+           "self_speculative": self_speculative.run_round, "speculative": speculative.run_round,
+           "calm": calm.run_round, "free": free.run_round}
 
 __all__ = ["ACCEPTED_DRAFT", "FROM_MODEL", "STRATEGIES", "DecodeState", "Knobs", "Output", "Sampling", "Settings",
            "OnRound", "cache_length", "generate"]
@@ -40,11 +40,11 @@ def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, pro
              draft_config: Optional[LlamaConfig] = None, draft_params=None) -> Output:
     """The whole decode in one compiled call: prefill, then rounds until every row is done.
 
-    on_round: called on the host with (count, tokens, kinds) every `state.STREAM_EVERY` rounds and after the
+    on_round: called on the host with (count, tokens, kinds) every `loop.STREAM_EVERY` rounds and after the
     last, for streaming. draft_config, draft_params: the draft model of the two-model `speculative` strategy."""
-    depth = autoregressive.depth(config, settings)
-    decode_state = state_lib.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
-                                   knobs, max_length=max_length, depth=depth, cache_layers=depth)
+    depth = settings.exit_layer if settings.strategy == "early_exit" else config.num_layers  # layers it runs
+    decode_state = loop.start(config, params, settings, prompt_tokens, prompt_lengths, max_new_tokens, key, knobs,
+                              max_length=max_length, depth=depth, cache_layers=depth)
     round_fn = functools.partial(_ROUNDS[settings.strategy], config, params, settings, knobs)
     if settings.strategy == "self_speculative":
         round_fn = functools.partial(round_fn, rows=self_speculative.draft_rows(config, params, settings, knobs))
@@ -54,6 +54,6 @@ def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, pro
                                                                       prompt_lengths, max_length))
     elif settings.strategy == "free":
         decode_state = free.prepare(config, params, settings, knobs, decode_state, prompt_tokens, prompt_lengths)
-    final = state_lib.loop(round_fn, decode_state, on_round)
-    out = state_lib.output(settings, final)
+    final = loop.run_rounds(round_fn, decode_state, on_round)
+    out = loop.output(settings, final)
     return out._replace(extra=free.pairs(final)) if settings.strategy == "free" else out

@@ -18,7 +18,7 @@ from jax import lax
 from lsjax import kvcache, model
 from lsjax.config import LlamaConfig
 from lsjax.decoding import confidence, sampling
-from lsjax.decoding.state import FROM_MODEL, DecodeState, Settings, append
+from lsjax.decoding.loop import FROM_MODEL, DecodeState, Settings, append
 
 DECAY_TAU = 4.0
 
@@ -57,7 +57,8 @@ def copy_state(config: LlamaConfig, params, cache: kvcache.KVCache, x, index: in
     return cache.replace(k=write(cache.k, k), v=write(cache.v, v))
 
 
-def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState) -> DecodeState:
+def run_round(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs,
+              state: DecodeState) -> DecodeState:
     """Feeds each row's newest token through the layers until it exits, then appends the exit's token."""
     key, draw = jax.random.split(state.key)
     at, last_layer = state.cache.length, config.num_layers - 1

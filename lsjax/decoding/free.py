@@ -37,7 +37,7 @@ from jax import lax
 from lsjax import kvcache, model
 from lsjax.config import LlamaConfig
 from lsjax.decoding import confidence, sampling
-from lsjax.decoding.state import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, Settings, append, is_eos
+from lsjax.decoding.loop import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, Settings, append, is_eos
 
 NO_PAIR = -1  # agreement of an output position no deep pass has judged
 
@@ -95,7 +95,8 @@ def pairs(state: DecodeState):
     return state.extra["pair_confidence"], state.extra["pair_agreed"]
 
 
-def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState) -> DecodeState:
+def run_round(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs,
+              state: DecodeState) -> DecodeState:
     """One synchronized parallel decoding step for every row (module docstring)."""
     s, room = settings.exit_layer, settings.stack + 1
     batch, width = state.tokens.shape

@@ -23,7 +23,7 @@ from jax import lax
 from lsjax import kvcache, model
 from lsjax.config import LlamaConfig
 from lsjax.decoding import sampling
-from lsjax.decoding.state import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, Settings, append
+from lsjax.decoding.loop import ACCEPTED_DRAFT, FROM_MODEL, DecodeState, Settings, append
 
 
 def _shallow(config, params, settings, cache, tokens, at):
@@ -116,8 +116,8 @@ def _accept_sampled(p, q, drafts, n, key):
     return accepted, jax.random.categorical(residual_key, jnp.log(final), axis=-1).astype(jnp.int32)
 
 
-def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
-            rows=None) -> DecodeState:
+def run_round(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
+              rows=None) -> DecodeState:
     """Draft, verify, accept and roll back once for every row (module docstring); rows: `draft_rows`."""
     key, draft_key, accept_key = jax.random.split(state.key, 3)
     base = state.cache.length

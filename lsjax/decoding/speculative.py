@@ -20,7 +20,7 @@ from lsjax import kvcache, model
 from lsjax.config import LlamaConfig
 from lsjax.decoding import sampling
 from lsjax.decoding.self_speculative import settle
-from lsjax.decoding.state import DecodeState, Settings
+from lsjax.decoding.loop import DecodeState, Settings
 
 
 def truncated(config: LlamaConfig, params, depth: int):
@@ -58,8 +58,8 @@ def _draft(draft_config, draft_params, settings: Settings, knobs, cache, last, k
     return cache, drafts.T, (jnp.swapaxes(probs, 0, 1) if keep_probs else None)
 
 
-def advance(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
-            draft_config: LlamaConfig = None, draft_params=None) -> DecodeState:
+def run_round(config: LlamaConfig, params, settings: Settings, knobs: sampling.Knobs, state: DecodeState,
+              draft_config: LlamaConfig = None, draft_params=None) -> DecodeState:
     """Draft d tokens with the draft model, verify them with the target in one pass, accept and roll back
     both caches, for every row at once. `state.extra` is the draft model's cache."""
     batch, d = state.last.shape[0], settings.num_speculations

@@ -1,6 +1,7 @@
-"""What every decode loop carries, and the steps they share: prefill, appending tokens, the while loop.
+"""The jitted side's shared parts: the state every decode carries, prefill (`start`), appending tokens, the
+rounds loop (`run_rounds`) and the output.
 
-A loop is a strategy's `round` (one or more new tokens per row) repeated inside one `lax.while_loop` on the
+A decode is a strategy's `run_round` (one or more new tokens per row) repeated inside one `lax.while_loop` on the
 device until every row is done. A host streams by passing `on_round`: the rounds then run in inner loops of
 `STREAM_EVERY`, and between them an `io_callback` hands the host the generated tokens.
 """
@@ -122,7 +123,7 @@ OnRound = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 STREAM_EVERY = 16
 
 
-def loop(round_fn: Round, state: DecodeState, on_round: Optional[OnRound] = None) -> DecodeState:
+def run_rounds(round_fn: Round, state: DecodeState, on_round: Optional[OnRound] = None) -> DecodeState:
     """Runs rounds until every row is done (each round adds at least one token to every active row, and a
     row is done at its budget, so this ends). With on_round, the host gets the tokens every STREAM_EVERY
     rounds and when the loop ends."""

@@ -279,7 +279,7 @@ class Decoder:
     def stream(self, batch: PromptBatch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
 
-        The compiled loop sends its tokens through a host callback every `decoding.state.STREAM_EVERY`
+        The compiled loop sends its tokens through a host callback every `decoding.loop.STREAM_EVERY`
         rounds and carries on; its output closes the stream. The decode runs in a worker thread so that
         the tokens reach the caller as they come, whichever way the runtime dispatches.
         """

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsjax import early_exit as ee
+from lsjax import early_exit_loss as ee
 from lsjax import model
 from tests.conftest import TINY, scaled
 
