@@ -125,7 +125,6 @@ def check_resources(decoder, texts: list[str]) -> None:
     logits must fit in the memory left once the params are loaded."""
     import jax
     import numpy as np
-    from lsjax import decoding
     from lsjax.config import require_memory
     from lsjax.decoder import encode_prompts
     from lsjax.errors import InputError
@@ -134,7 +133,7 @@ def check_resources(decoder, texts: list[str]) -> None:
         raise InputError(f"--num-speculations d={d}: expected d < max_position_embeddings="
                          f"{config.max_position_embeddings} (a round drafts d tokens into the model's context)")
     width = encode_prompts(decoder.tok, sorted(set(texts))).tokens.shape[1]
-    length = decoding.cache_length(decoder.settings, width)
+    length = decoder.cache_length(width)
     cache = (2 * config.num_layers * len(texts) * length * config.num_kv_heads * config.head_dim
              * np.dtype(config.jnp_dtype).itemsize)
     logits = 2 * len(texts) * max(width, d + 1) * config.vocab_size * 4  # float32 logits and probabilities
@@ -169,7 +168,7 @@ def stream_text(decoder, batch, prompt: str, colour: bool) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from lsjax import checkpoints, draft_vocab, sharding
-    from lsjax.decoder import Decoder, check_fits, encode_prompts
+    from lsjax.decoder import Decoder
     from lsjax.errors import InputError
     try:
         check_flags(args)
@@ -188,8 +187,7 @@ def main(argv=None) -> int:
             draft = (draft_config, draft_params)
         decoder = Decoder(config, params, tok, options, mesh=mesh, draft_ranking=ranking, draft=draft)
         check_resources(decoder, texts)
-        batch = encode_prompts(tok, texts)
-        check_fits(config, batch, options.max_new_tokens)
+        batch = decoder.encode(texts)
     except InputError as err:  # bad checkpoint, tokenizer, config, prompt or flag
         print(f"error: {err}", file=sys.stderr)
         return 2

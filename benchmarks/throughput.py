@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lsjax import checkpoints, data, decoding, model, prompts, sharding, train, train_config  # noqa: E402
+from lsjax import checkpoints, data, model, prompts, sharding, train, train_config  # noqa: E402
 from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 
 # Dense bf16 peak TFLOP/s and HBM GB/s per device, by jax's device_kind (a chip for TPUs).
@@ -98,7 +98,7 @@ def measure_decoding(args, mesh):
         runs = [decoders[strategy].generate(batch) for _ in range(4)][1:]  # the first compiles
         out[strategy] = {"tokens_per_second": statistics.median(r.tokens_per_second for r in runs)}
     # an autoregressive step reads every weight and the whole static cache (attention is masked, not cut)
-    slots = decoding.cache_length(decoders["autoregressive"].settings, batch.tokens.shape[1])
+    slots = decoders["autoregressive"].cache_length(batch.tokens.shape[1])
     itemsize = jax.numpy.dtype(config.jnp_dtype).itemsize  # the cache is kept in the model's compute dtype
     cache_bytes = 2 * config.num_layers * rows * slots * config.num_kv_heads * config.head_dim * itemsize
     steps_per_second = out["autoregressive"]["tokens_per_second"] / rows

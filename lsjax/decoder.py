@@ -62,9 +62,27 @@ class PromptBatch(NamedTuple):
     lengths: np.ndarray  # [B]
 
 
+class LoopInputs(NamedTuple):
+    """The traced arguments of `decoding.generate`, passed by name: new values reuse the compiled loop."""
+
+    prompt_tokens: jax.Array  # [B, T]
+    prompt_lengths: jax.Array  # [B]
+    max_new_tokens: int
+    key: jax.Array
+    knobs: decoding.Knobs
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What a user asks of a decode; `check` validates it against the model before anything compiles."""
+    """What a user asks of a decode, the one public options type; `check` validates it against the model.
+
+    The loop takes it in two parts (`split`, internal to `lsjax.decoding`): static `Settings`, whose change
+    compiles a new loop, and traced `Knobs`, which the compiled loop takes as arguments.
+    - static: strategy, exit_layer, num_speculations, schedule, greedy or not (temperature == 0), top_k,
+      draft_vocab (K), measure, decay, stack, and max_new_tokens rounded up to `OUTPUT_BUCKET`;
+    - traced: max_new_tokens itself, seed, temperature > 0, top_p, confidence, threshold (FREE's adaptive
+      one is refitted between batches), rollback and the draft vocabulary's token ids.
+    """
 
     strategy: str = "self_speculative"
     exit_layer: int | None = None  # default: a quarter of the layers (at least 1)
@@ -83,7 +101,7 @@ class Options:
     stack: int = 8  # free: the most tokens that skip the deep layers before a deep pass
     rollback: float | None = None  # free: rewrite from a skipped token whose deep loss reaches this; None: off
 
-    def check(self, config: LlamaConfig) -> "Options":
+    def check(self, config: LlamaConfig) -> Options:
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
         layers = config.num_layers
         exit_layer = max(1, layers // 4) if self.exit_layer is None else self.exit_layer
@@ -122,10 +140,12 @@ class Options:
         """FREE without a fixed threshold: the Beta-mixture estimator sets it between batches."""
         return self.strategy == "free" and self.threshold is None
 
-    def settings(self, config: LlamaConfig, pad_id: int) -> decoding.Settings:
+    def split(self, config: LlamaConfig, pad_id: int, draft_ranking=None) -> tuple[decoding.Settings, decoding.Knobs]:
+        """Checked options as the loop takes them: (static settings, traced knobs). draft_ranking: token ids
+        by frequency (`lsjax.draft_vocab`), needed when draft_vocab > 0."""
         output_size = -(-self.max_new_tokens // OUTPUT_BUCKET) * OUTPUT_BUCKET
         speculative = self.strategy in ("self_speculative", "speculative")
-        return decoding.Settings(
+        settings = decoding.Settings(
             strategy=self.strategy,
             exit_layer=self.exit_layer if self.strategy in ("early_exit", "self_speculative", "free") else 0,
             num_speculations=self.num_speculations if speculative else 1,
@@ -133,16 +153,14 @@ class Options:
             eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size,
             draft_vocab=self.draft_vocab, confidence=self.measure, decay=self.decay,
             stack=self.stack if self.strategy == "free" else Options.stack)
-
-    def knobs(self, draft_ranking=None) -> decoding.Knobs:
-        """draft_ranking: token ids by frequency (`lsjax.draft_vocab`), needed when draft_vocab > 0."""
         if self.draft_vocab and draft_ranking is None:
             raise InputError(f"draft_vocab={self.draft_vocab} needs a ranking of the tokens (lsjax.draft_vocab)")
         ids = () if not self.draft_vocab else np.sort(np.asarray(draft_ranking)[:self.draft_vocab])
         limit = threshold_lib.INITIAL if self.threshold is None else self.threshold
-        return decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence,
-                                   draft_ids=ids, threshold=limit,
-                                   rollback=float("inf") if self.rollback is None else self.rollback)
+        knobs = decoding.Knobs.make(temperature=self.temperature or 1.0, top_p=self.top_p, confidence=self.confidence,
+                                    draft_ids=ids, threshold=limit,
+                                    rollback=float("inf") if self.rollback is None else self.rollback)
+        return settings, knobs
 
 
 def _require(ok: bool, message: str) -> None:
@@ -205,26 +223,34 @@ class Decoder:
             _require(draft[0].vocab_size == config.vocab_size, f"draft vocabulary {draft[0].vocab_size} != the "
                      f"model's {config.vocab_size}: the draft model must share the tokenizer")
         self.adaptive = threshold_lib.Adaptive() if self.options.adaptive else None
-        self.settings = self.options.settings(config, tok.pad_id or 0)
-        self.knobs = self.options.knobs(draft_ranking)
+        self.settings, self.knobs = self.options.split(config, tok.pad_id or 0, draft_ranking)
         self._compiled = {}  # (prompt batch shape, streaming) -> the compiled decode for that bucket
         self._rounds: queue.Queue = queue.Queue()  # snapshots the streaming loop sends (one stream at a time)
 
-    def _args(self, batch: PromptBatch):
-        return (self.config, self.params, self.settings, *self._traced(batch))
+    def encode(self, texts: list[str]) -> PromptBatch:
+        """The prompts in their buckets, checked once against the model's positions: what `generate` and
+        `stream` take."""
+        batch = encode_prompts(self.tok, texts)
+        check_fits(self.config, batch, self.options.max_new_tokens)
+        return batch
 
-    def _traced(self, batch: PromptBatch):
-        """The arguments of `decoding.generate` after config, params and settings."""
+    def cache_length(self, prompt_width: int) -> int:
+        """KV-cache slots per row for prompts padded to `prompt_width`."""
+        return decoding.cache_length(self.settings, prompt_width)
+
+    def _inputs(self, batch: PromptBatch) -> LoopInputs:
         if self.adaptive is not None:  # refitted between batches; a traced value, so nothing recompiles
             self.knobs = self.knobs._replace(threshold=jnp.float32(self.adaptive.threshold()))
         tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
         if self.mesh is not None:
             tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
             lengths = jax.device_put(lengths, sharding.batch_sharding(self.mesh, lengths.shape))
-        return tokens, lengths, self.options.max_new_tokens, jax.random.key(self.options.seed), self.knobs
+        return LoopInputs(prompt_tokens=tokens, prompt_lengths=lengths, max_new_tokens=self.options.max_new_tokens,
+                          key=jax.random.key(self.options.seed), knobs=self.knobs)
 
-    def _max_length(self, batch: PromptBatch) -> int:
-        return decoding.cache_length(self.settings, batch.tokens.shape[1])
+    def _run(self, compiled, batch: PromptBatch) -> decoding.Output:
+        """Calls a compiled decode (config and settings are baked in)."""
+        return compiled(self.params, **self._inputs(batch)._asdict(), draft_params=self.draft_params)
 
     def compiled(self, batch: PromptBatch, streaming: bool = False):
         """The whole decode for this batch's bucket, compiled ahead of time once per bucket (and per mode:
@@ -233,20 +259,19 @@ class Decoder:
         if key not in self._compiled:
             on_round = self._on_round if streaming else None
             with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
-                lowered = decoding.generate.lower(*self._args(batch), max_length=self._max_length(batch),
-                                                  on_round=on_round, draft_config=self.draft_config,
-                                                  draft_params=self.draft_params)
+                lowered = decoding.generate.lower(
+                    self.config, self.params, self.settings, **self._inputs(batch)._asdict(),
+                    max_length=self.cache_length(batch.tokens.shape[1]), on_round=on_round,
+                    draft_config=self.draft_config, draft_params=self.draft_params)
                 self._compiled[key] = lowered.compile()
         return self._compiled[key]
 
     def generate(self, batch: PromptBatch) -> DecodeResult:
-        """Decodes a batch; the time excludes compilation. Returns per-row outputs and statistics."""
-        check_fits(self.config, batch, self.options.max_new_tokens)
+        """Decodes a batch (`encode`); the time excludes compilation. Returns per-row outputs and statistics."""
         compiled = self.compiled(batch)
-        traced = self._traced(batch)
         start = time.perf_counter()
-        out = jax.block_until_ready(compiled(self.params, *traced, draft_params=self.draft_params))  # config and
-        seconds = time.perf_counter() - start  # settings are baked in
+        out = jax.block_until_ready(self._run(compiled, batch))
+        seconds = time.perf_counter() - start
         report = self.report(out, seconds)
         if self.adaptive is not None:
             self.adaptive.add(*jax.device_get(out.extra), num_tokens=jax.device_get(out.num_tokens))
@@ -277,20 +302,20 @@ class Decoder:
         self._rounds.put((count, tokens, kinds))
 
     def stream(self, batch: PromptBatch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (new token ids, their kinds) of row 0 every few rounds while the loop runs on the device.
+        """Yields (new token ids, their kinds) of row 0 of a batch (`encode`) every few rounds while the loop
+        runs on the device.
 
         The compiled loop sends its tokens through a host callback every `decoding.loop.STREAM_EVERY`
         rounds and carries on; its output closes the stream. The decode runs in a worker thread so that
         the tokens reach the caller as they come, whichever way the runtime dispatches.
         """
-        check_fits(self.config, batch, self.options.max_new_tokens)
         compiled = self.compiled(batch, streaming=True)
         self._rounds = queue.Queue()
         result = []
 
         def decode():
             try:
-                out = jax.device_get(compiled(self.params, *self._traced(batch), draft_params=self.draft_params))
+                out = jax.device_get(self._run(compiled, batch))
                 result.append((out.num_tokens, out.tokens, out.kinds))
             except Exception as err:  # re-raised in the caller's thread below
                 result.append(err)

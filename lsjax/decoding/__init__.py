@@ -1,6 +1,7 @@
 """The jitted side of decoding: loops that run entirely on the device over a static-shape KV cache.
 
-    settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, output_size=128)
+    settings, knobs = lsjax.decoder.Options(strategy="self_speculative", exit_layer=2).check(config).split(
+        config, pad_id)  # static settings, traced knobs
     out = decoding.generate(config, params, settings, prompts, lengths, max_new_tokens, key, knobs,
                             max_length=decoding.cache_length(settings, prompts.shape[1]))
 
