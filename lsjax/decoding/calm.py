@@ -1,5 +1,6 @@
-"""CALM-style confidence exits (SPEC 3, after Schuster et al. 2022): each token leaves the stack after the
-first layer whose exit is confident enough, and the layers it skips get K/V by state copying.
+"""CALM-style confidence exits (docs/algorithms.md, CALM confidence exits; after Schuster et al. 2022): each token
+leaves the stack after the first layer whose exit is confident enough, and the layers it skips get K/V by state
+copying.
 
 A round feeds every row's newest token through the layers one at a time. After layer l a row that has not
 exited yet scores g(x_{l+1}) with the chosen measure; past the threshold it exits with that prediction, and

@@ -1,4 +1,5 @@
-"""How sure an exit is of its token (SPEC 3): the measures CALM and FREE compare with a threshold."""
+"""How sure an exit is of its token (docs/algorithms.md, CALM confidence exits): the measures CALM and FREE compare
+with a threshold."""
 
 from __future__ import annotations
 

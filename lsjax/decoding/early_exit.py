@@ -1,5 +1,5 @@
-"""Early-exit decoding (lossy, SPEC 2.1): each token from layers [0, E) and the shared head, the deep layers
-never run; the round is autoregressive's `one_token` through the first E layers."""
+"""Early-exit decoding (lossy; docs/algorithms.md, early-exit inference): each token from layers [0, E) and the shared
+head, the deep layers never run; the round is autoregressive's `one_token` through the first E layers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""FREE's synchronized parallel decoding (SPEC 3, Bae et al. 2023): a shallow model (layers [0, S)) decides
-each token when it is confident; the deep layers [S, L) catch up over the skipped tokens in one pass.
+"""FREE's synchronized parallel decoding (docs/algorithms.md, FREE: synchronized parallel decoding; Bae et al. 2023):
+a shallow model (layers [0, S)) decides each token when it is confident; the deep layers [S, L) catch up over the
+skipped tokens in one pass.
 
 A step, for every row at once: layers [0, S) over the newest token, confidence (default top-1 minus top-2)
 of g(x_S). A confident row emits the shallow token and keeps x_S on its stack (its deep K/V are not computed

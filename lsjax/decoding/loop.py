@@ -38,7 +38,7 @@ class Settings(NamedTuple):
     output_size: int = 64  # static room for generated tokens; the traced budget is at most this
     draft_vocab: int = 0  # K > 0: drafts come from the K tokens of knobs.draft_ids only (0: the whole vocabulary)
     confidence: str = "top2"  # calm and free: softmax (top probability) | top2 (top-1 minus top-2) | state (cosine)
-    decay: bool = False  # calm: the threshold decays with the position (SPEC 3)
+    decay: bool = False  # calm: the threshold decays with the position (docs/algorithms.md, CALM confidence exits)
     stack: int = 8  # free: the most exited tokens whose deep K/V wait for the next deep pass
 
     @property

@@ -1,4 +1,5 @@
-"""Self-speculative decoding (SPEC 2.2): draft with layers [0, E), verify with layers [E, L) in one pass.
+"""Self-speculative decoding (docs/algorithms.md, self-speculative decoding): draft with layers [0, E), verify with
+layers [E, L) in one pass.
 
 One round, for every row at once:
   draft   up to d steps through layers [0, E) and the shared head, each writing the shallow layers' K/V for

@@ -1,6 +1,7 @@
-"""Two-model speculative decoding (SPEC 4): a separate small Llama with the same tokenizer drafts d tokens
-with its own KV cache, the target verifies them in one pass, and self-speculative decoding's accept rules
-decide (greedy: exactly the target's greedy output; sampling: exactly the target's distribution).
+"""Two-model speculative decoding (docs/algorithms.md, two-model speculative decoding): a separate small Llama with
+the same tokenizer drafts d tokens with its own KV cache, the target verifies them in one pass, and self-speculative
+decoding's accept rules decide (greedy: exactly the target's greedy output; sampling: exactly the target's
+distribution).
 
 The draft cache follows the target cache: at the start of a round both hold every accepted token but the
 newest, `last`. The draft feeds `last` and its own d drafts (the last of them only to keep its cache

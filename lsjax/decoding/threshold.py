@@ -1,5 +1,6 @@
-"""FREE's adaptive exit threshold (SPEC 3): a Beta mixture over the shallow confidences of the deep passes'
-(confidence, agreed) pairs, fitted on the host between sequences and handed to the loop as a traced knob.
+"""FREE's adaptive exit threshold (docs/algorithms.md, FREE: adaptive threshold): a Beta mixture over the shallow
+confidences of the deep passes' (confidence, agreed) pairs, fitted on the host between sequences and handed to the
+loop as a traced knob.
 
 One Beta per label (agreed with the deep model or not), fitted by the method of moments; equal mixing
 weights; before any data the components are Beta(1, 2) (disagree) and Beta(2, 1) (agree). The threshold is
