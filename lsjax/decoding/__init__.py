@@ -12,7 +12,6 @@ tokens to the host every few rounds, without leaving the loop.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 
@@ -37,8 +36,8 @@ def cache_length(settings: Settings, prompt_width: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("config", "settings", "max_length", "on_round", "draft_config"))
 def generate(config: LlamaConfig, params, settings: Settings, prompt_tokens, prompt_lengths, max_new_tokens, key,
-             knobs: Knobs, *, max_length: int, on_round: Optional[OnRound] = None,
-             draft_config: Optional[LlamaConfig] = None, draft_params=None) -> Output:
+             knobs: Knobs, *, max_length: int, on_round: OnRound | None = None,
+             draft_config: LlamaConfig | None = None, draft_params=None) -> Output:
     """The whole decode in one compiled call: prefill, then rounds until every row is done.
 
     on_round: called on the host with (count, tokens, kinds) every `loop.STREAM_EVERY` rounds and after the

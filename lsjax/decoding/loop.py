@@ -8,7 +8,7 @@ device until every row is done. A host streams by passing `on_round`: the rounds
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ class Settings(NamedTuple):
     num_speculations: int = 1  # d: drafts per round (the most, with an adaptive schedule)
     schedule: str = "fixed"  # fixed | heuristic (+2 when all drafts were accepted, -1 otherwise, floor 1)
     sampling: sampling_lib.Sampling = sampling_lib.Sampling()
-    eos_ids: Tuple[int, ...] = ()
+    eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     output_size: int = 64  # static room for generated tokens; the traced budget is at most this
     draft_vocab: int = 0  # K > 0: drafts come from the K tokens of knobs.draft_ids only (0: the whole vocabulary)
@@ -123,7 +123,7 @@ OnRound = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 STREAM_EVERY = 16
 
 
-def run_rounds(round_fn: Round, state: DecodeState, on_round: Optional[OnRound] = None) -> DecodeState:
+def run_rounds(round_fn: Round, state: DecodeState, on_round: OnRound | None = None) -> DecodeState:
     """Runs rounds until every row is done (each round adds at least one token to every active row, and a
     row is done at its budget, so this ends). With on_round, the host gets the tokens every STREAM_EVERY
     rounds and when the loop ends."""

@@ -11,8 +11,6 @@ come from passes the decode runs anyway, and refitting stops after the first `FR
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import numpy as np
 from scipy import stats
 
@@ -23,7 +21,7 @@ FREEZE_AFTER = 300
 _EPS = 1e-4
 
 
-def fit_beta(x: np.ndarray) -> Tuple[float, float]:
+def fit_beta(x: np.ndarray) -> tuple[float, float]:
     """Method-of-moments (alpha, beta) of samples in (0, 1); uniform Beta(1, 1) when they do not vary."""
     x = np.clip(np.asarray(x, np.float64), _EPS, 1 - _EPS)
     mean, var = x.mean(), x.var()
@@ -59,7 +57,7 @@ class Adaptive:
         self.confidences, self.agreed = [], []
         self.sequences, self.value = 0, INITIAL
 
-    def add(self, confidence: np.ndarray, agreed: np.ndarray, num_tokens: Optional[np.ndarray] = None) -> None:
+    def add(self, confidence: np.ndarray, agreed: np.ndarray, num_tokens: np.ndarray | None = None) -> None:
         """A decode's pairs (`decoding.free.pairs`: [B, W], agreed -1 where no deep pass judged)."""
         confidence, agreed = np.asarray(confidence), np.asarray(agreed)
         judged = agreed >= 0
