@@ -228,8 +228,8 @@ class Decoder:
         self._rounds: queue.Queue = queue.Queue()  # snapshots the streaming loop sends (one stream at a time)
 
     def encode(self, texts: list[str]) -> PromptBatch:
-        """The prompts in their buckets, checked once against the model's positions: what `generate` and
-        `stream` take."""
+        """The prompts in their buckets, checked against the model's positions (so a command can report a bad
+        prompt before it starts streaming): what `generate` and `stream` take."""
         batch = encode_prompts(self.tok, texts)
         check_fits(self.config, batch, self.options.max_new_tokens)
         return batch
@@ -239,6 +239,10 @@ class Decoder:
         return decoding.cache_length(self.settings, prompt_width)
 
     def _inputs(self, batch: PromptBatch) -> LoopInputs:
+        """The loop's traced arguments for one call of `generate` or `stream`, after checking that the prompts
+        and max_new_tokens fit the model's positions (before anything compiles: a batch need not come from
+        `encode`)."""
+        check_fits(self.config, batch, self.options.max_new_tokens)
         if self.adaptive is not None:  # refitted between batches; a traced value, so nothing recompiles
             self.knobs = self.knobs._replace(threshold=jnp.float32(self.adaptive.threshold()))
         tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
@@ -248,19 +252,20 @@ class Decoder:
         return LoopInputs(prompt_tokens=tokens, prompt_lengths=lengths, max_new_tokens=self.options.max_new_tokens,
                           key=jax.random.key(self.options.seed), knobs=self.knobs)
 
-    def _run(self, compiled, batch: PromptBatch) -> decoding.Output:
+    def _run(self, compiled, inputs: LoopInputs) -> decoding.Output:
         """Calls a compiled decode (config and settings are baked in)."""
-        return compiled(self.params, **self._inputs(batch)._asdict(), draft_params=self.draft_params)
+        return compiled(self.params, **inputs._asdict(), draft_params=self.draft_params)
 
-    def compiled(self, batch: PromptBatch, streaming: bool = False):
+    def compiled(self, batch: PromptBatch, streaming: bool = False, inputs: LoopInputs | None = None):
         """The whole decode for this batch's bucket, compiled ahead of time once per bucket (and per mode:
         the streaming program also hands the tokens to the host every few rounds)."""
+        inputs = self._inputs(batch) if inputs is None else inputs
         key = (batch.tokens.shape, streaming)
         if key not in self._compiled:
             on_round = self._on_round if streaming else None
             with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
                 lowered = decoding.generate.lower(
-                    self.config, self.params, self.settings, **self._inputs(batch)._asdict(),
+                    self.config, self.params, self.settings, **inputs._asdict(),
                     max_length=self.cache_length(batch.tokens.shape[1]), on_round=on_round,
                     draft_config=self.draft_config, draft_params=self.draft_params)
                 self._compiled[key] = lowered.compile()
@@ -268,9 +273,10 @@ class Decoder:
 
     def generate(self, batch: PromptBatch) -> DecodeResult:
         """Decodes a batch (`encode`); the time excludes compilation. Returns per-row outputs and statistics."""
-        compiled = self.compiled(batch)
+        inputs = self._inputs(batch)
+        compiled = self.compiled(batch, inputs=inputs)
         start = time.perf_counter()
-        out = jax.block_until_ready(self._run(compiled, batch))
+        out = jax.block_until_ready(self._run(compiled, inputs))
         seconds = time.perf_counter() - start
         report = self.report(out, seconds)
         if self.adaptive is not None:
@@ -309,13 +315,14 @@ class Decoder:
         rounds and carries on; its output closes the stream. The decode runs in a worker thread so that
         the tokens reach the caller as they come, whichever way the runtime dispatches.
         """
-        compiled = self.compiled(batch, streaming=True)
+        inputs = self._inputs(batch)
+        compiled = self.compiled(batch, streaming=True, inputs=inputs)
         self._rounds = queue.Queue()
         result = []
 
         def decode():
             try:
-                out = jax.device_get(self._run(compiled, batch))
+                out = jax.device_get(self._run(compiled, inputs))
                 result.append((out.num_tokens, out.tokens, out.kinds))
             except Exception as err:  # re-raised in the caller's thread below
                 result.append(err)

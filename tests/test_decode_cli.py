@@ -286,3 +286,15 @@ def test_draft_vocab_ranking_orders_tokens_by_frequency():
         counts[i] = counts.get(i, 0) + 1
     most = max(counts, key=lambda i: (counts[i], -i))
     assert ids[0] == most and sorted(ids.tolist()) == list(range(tok.vocab_size))
+
+
+def test_the_library_checks_that_prompts_fit_before_compiling(checkpoint):
+    """generate and stream take any PromptBatch (not only Decoder.encode's), so each checks the fit itself."""
+    from lsjax.errors import InputError
+    config, params, tok = checkpoints.load_model(checkpoint)
+    decoder = Decoder(config, params, tok, Options(strategy="autoregressive", max_new_tokens=8))
+    batch = encode_prompts(tok, ["x" * 400])
+    for call in (decoder.generate, lambda b: list(decoder.stream(b))):
+        with pytest.raises(InputError, match=r"exceeds the model's max_position_embeddings=128$"):
+            call(batch)
+    assert decoder._compiled == {}  # refused before anything compiled
