@@ -1,21 +1,25 @@
 """Benchmark: every decoding method side by side on HumanEval prompts, speed against quality.
 
-    python benchmarks/methods.py [--checkpoint models/embedded] [--draft-checkpoint DIR] [--num-prompts 8]
-                                 [--max-new-tokens 64] [--exit-layer 2] [--num-speculations 4]
-                                 [--free-thresholds 0.1,0.3,0.5,0.7,0.9] [--calm-thresholds ...]
-                                 [--repeats 3] [--out benchmarks/results/methods]
+    python benchmarks/methods.py [--checkpoint models/embedded] [--draft-checkpoint models/embedded_draft]
+                                 [--num-prompts 8] [--max-new-tokens 64] [--exit-layer 2] [--num-speculations 4]
+                                 [--free-thresholds 0.1,0.3,0.5,0.7,0.9] [--rollbacks 1,2,4 --rollback-exit 0.2]
+                                 [--calm-thresholds ...]
+                                 [--repeats 5] [--out benchmarks/results/methods]
 
 Methods: autoregressive (the reference), early exit at E, self-speculative (E, d), two-model speculative
-(a draft of the same cost as the E exit: --draft-checkpoint, or by default the model's own first E layers as
-a separate model, `lsjax.decoding.speculative.truncated`), FREE at fixed thresholds and with the adaptive
-one (refitted between batches over the first passes), CALM with each confidence measure over its thresholds.
+twice at the draft cost of the E exit: with the trained separate draft (--draft-checkpoint,
+configs/embedded_draft.py) and with the model's own first E layers copied into a separate model
+(`lsjax.decoding.speculative.truncated`: self-speculation's proposals, but separate weights and cache), FREE
+at fixed thresholds, with rollback at one threshold over the rollback losses, and with the adaptive threshold
+(refitted between batches, as in deployment), CALM with each confidence measure over its thresholds.
 Each is decoded greedily as one batch of the prompts; after every loop is compiled, the methods take turns
-`repeats` times (so machine noise hits them alike) and each one's fastest run counts.
-Per method: tokens/s, speedup over autoregressive, the fraction of the layers run in sequence per token (CALM,
-FREE; E/L for early exit), and against the full model's greedy output the share of positions with the same
-token and the edit similarity of the texts (difflib's ratio). The oracle FREE threshold is the fastest fixed
-one with >= 0.9 positional agreement; the adaptive threshold is reported beside it. Writes OUT.md, OUT.json
-and OUT.png (quality against speedup, a line per method over its threshold).
+`repeats` times (so machine noise hits them alike) and each one's median time counts. Per method: tokens/s,
+speedup over autoregressive, the fraction of the layers run in sequence per token (CALM, FREE; E/L for early
+exit), the draft acceptance (speculative methods), and against the full model's greedy output the share of
+positions with the same token and the edit similarity of the texts (difflib's ratio). The oracle FREE
+threshold is the fixed one with >= 0.9 positional agreement that is fastest (measured) and that runs the
+fewest layers per token (the compute, free of timing noise); the adaptive threshold is reported beside them.
+Writes OUT.md, OUT.json and OUT.png (quality against speedup, a line per method over its threshold).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 from lsjax.decoding import speculative  # noqa: E402
 
 AGREEMENT_TARGET = 0.9
+DRAFT = checkpoints.EMBEDDED.parent / "embedded_draft"  # configs/embedded_draft.py, trained and exported
 
 
 def floats(text: str):
@@ -46,16 +51,20 @@ def floats(text: str):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=checkpoints.EMBEDDED)
-    parser.add_argument("--draft-checkpoint", type=Path, default=None)
+    parser.add_argument("--draft-checkpoint", type=Path, default=DRAFT)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--exit-layer", type=int, default=2)
     parser.add_argument("--num-speculations", type=int, default=4)
-    parser.add_argument("--free-thresholds", type=floats, default=floats("0.05,0.1,0.2,0.3,0.5,0.7,0.9"))
+    parser.add_argument("--free-thresholds", type=floats,
+                        default=floats("0.1,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.6,0.7,0.8,0.9"))
+    parser.add_argument("--rollbacks", type=floats, default=floats("1,2,4"),
+                        help="FREE with rollback at these deep losses, at exit threshold --rollback-exit")
+    parser.add_argument("--rollback-exit", type=float, default=0.2)
     parser.add_argument("--calm-thresholds", type=floats, default=floats("0.3,0.5,0.7,0.9"))
     parser.add_argument("--state-thresholds", type=floats, default=floats("0.9,0.95,0.98"))
     parser.add_argument("--adaptive-batches", type=int, default=3, help="batches that refit the FREE threshold")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"))
     return parser.parse_args(argv)
 
@@ -69,25 +78,31 @@ def quality(rows, reference, tok):
     return same / max(positions, 1), float(similarity)
 
 
+def acceptance(method, result):
+    """The share of drafts the verifier accepted, for the speculative methods (None for the others)."""
+    if "speculative" not in method:
+        return None
+    drafted = sum(row.drafted for row in result.outputs)
+    return sum(row.accepted for row in result.outputs) / max(drafted, 1)
+
+
 def measure(decoders, batch, repeats):
-    """Each decoder's fastest of `repeats` decodes, taken in turns after one compiling (and warming) decode."""
-    best = [decoder.generate(batch) for decoder in decoders]
+    """Each decoder's decode of median time among `repeats` (a DecodeResult), taken in turns after one compiling
+    (and warming) decode."""
+    for decoder in decoders:
+        decoder.generate(batch)
+    runs = [[] for _ in decoders]
     for _ in range(repeats):
         for i, decoder in enumerate(decoders):
-            result = decoder.generate(batch)
-            best[i] = min(best[i], result, key=lambda r: r.seconds)
-    return best
+            runs[i].append(decoder.generate(batch))
+    return [sorted(results, key=lambda r: r.seconds)[len(results) // 2] for results in runs]
 
 
 def main(argv=None):
     args = parse_args(argv)
     config, params, tok = checkpoints.load_model(args.checkpoint)
-    if args.draft_checkpoint is not None:
-        draft_config, draft_params, _ = checkpoints.load_model(args.draft_checkpoint)
-        draft_name = str(args.draft_checkpoint)
-    else:
-        draft_config, draft_params = speculative.truncated(config, params, args.exit_layer)
-        draft_name = f"first {args.exit_layer} layers as a separate model"
+    draft_config, draft_params, _ = checkpoints.load_model(args.draft_checkpoint)
+    copied = speculative.truncated(config, params, args.exit_layer)
     texts = prompts.humaneval([str(i) for i in range(args.num_prompts)])
     batch = encode_prompts(tok, texts)
     base = Options(max_new_tokens=args.max_new_tokens)
@@ -100,21 +115,29 @@ def main(argv=None):
     records = [run("autoregressive", "", strategy="autoregressive"),
                run("early_exit", f"E={e}", strategy="early_exit", exit_layer=e),
                run("self_speculative", f"E={e} d={d}", strategy="self_speculative", exit_layer=e, num_speculations=d),
-               run("speculative", f"d={d}", draft=(draft_config, draft_params), strategy="speculative",
+               run("speculative", f"trained {draft_config.num_layers}-layer draft d={d}",
+                   draft=(draft_config, draft_params), strategy="speculative", num_speculations=d),
+               run("speculative_copy", f"first {e} layers copied d={d}", draft=copied, strategy="speculative",
                    num_speculations=d)]
     for limit in args.free_thresholds:
         records.append(run("free", limit, strategy="free", exit_layer=e, threshold=limit))
+    for loss in args.rollbacks:
+        records.append(run("free_rollback", f"{args.rollback_exit} R={loss}", strategy="free", exit_layer=e,
+                           threshold=args.rollback_exit, rollback=loss))
     for measure_name, limits in (("top2", args.calm_thresholds), ("softmax", args.calm_thresholds),
                                  ("state", args.state_thresholds)):
         for limit in limits:
             records.append(run(f"calm_{measure_name}", limit, strategy="calm", measure=measure_name, threshold=limit))
     adaptive = Decoder(config, params, tok, dataclasses.replace(base, strategy="free", exit_layer=e))
+    calibration = []
     for _ in range(args.adaptive_batches):  # each batch's pairs refit the threshold for the next
-        adaptive.generate(batch)
-    records.append(dict(method="free_adaptive", setting=round(adaptive.adaptive.threshold(), 3), decoder=adaptive))
+        calibration.append(adaptive.generate(batch).threshold)
+    records.append(dict(method="free_adaptive", setting="", decoder=adaptive))
     for record, result in zip(records, measure([r.pop("decoder") for r in records], batch, args.repeats)):
         record["result"] = result
-        print(f"{record['method']:>16} {record['setting']!s:>14}: {result.tokens_per_second:8.1f} tokens/s")
+        if record["method"] == "free_adaptive":  # still refitted between the timed batches: the one it ran at
+            record["setting"] = round(result.threshold, 3)
+        print(f"{record['method']:>16} {record['setting']!s:>30}: {result.tokens_per_second:8.1f} tokens/s")
 
     reference = records[0]["result"]
     table = []
@@ -130,33 +153,38 @@ def main(argv=None):
                           tokens_per_second=result.tokens_per_second,
                           speedup=result.tokens_per_second / reference.tokens_per_second,
                           layers_per_token=fraction, agreement=agreement, similarity=similarity,
-                          threshold=result.threshold))
+                          threshold=result.threshold, acceptance=acceptance(record["method"], result)))
     fixed = [row for row in table if row["method"] == "free" and row["agreement"] >= AGREEMENT_TARGET]
-    oracle = max(fixed, key=lambda row: row["speedup"])["setting"] if fixed else None
-    adaptive_threshold = next(row["setting"] for row in table if row["method"] == "free_adaptive")
+    oracle = dict(speed=max(fixed, key=lambda row: row["speedup"])["setting"] if fixed else None,
+                  compute=min(fixed, key=lambda row: row["layers_per_token"])["setting"] if fixed else None)
+    adaptive_threshold = dict(calibration=calibration, timed=next(row["setting"] for row in table
+                                                                 if row["method"] == "free_adaptive"))
     good = [row for row in table if row["agreement"] >= AGREEMENT_TARGET and row["method"] != "autoregressive"]
     fastest = max(good, key=lambda row: row["speedup"]) if good else None
-    markdown = render(table, oracle, adaptive_threshold, fastest, draft_name, args)
+    markdown = render(table, oracle, adaptive_threshold, fastest, args)
     print(markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(markdown + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(dict(
-        rows=table, oracle_free_threshold=oracle, adaptive_free_threshold=adaptive_threshold, draft=draft_name,
+        rows=table, oracle_free_threshold=oracle, adaptive_free_threshold=adaptive_threshold,
         args={k: str(v) for k, v in vars(args).items()}), indent=2))
     plot(table, args.out.with_suffix(".png"))
 
 
-def render(table, oracle, adaptive_threshold, fastest, draft_name, args) -> str:
+def render(table, oracle, adaptive_threshold, fastest, args) -> str:
     lines = [f"{args.num_prompts} HumanEval prompts as one batch, {args.max_new_tokens} new tokens, greedy; "
-             f"two-model draft: {draft_name}.", "",
-             "| method | setting | tokens/s | speedup | layers/token | agreement | edit similarity |",
-             "|---|---|---|---|---|---|---|"]
+             f"median of {args.repeats} interleaved runs.", "",
+             "| method | setting | tokens/s | speedup | layers/token | draft acceptance | agreement | edit similarity"
+             " |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in table:
         fraction = "" if row["layers_per_token"] is None else f"{row['layers_per_token']:.2f}"
+        accepted = "" if row["acceptance"] is None else f"{row['acceptance']:.2f}"
         lines.append(f"| {row['method']} | {row['setting']} | {row['tokens_per_second']:.1f} | {row['speedup']:.2f} | "
-                     f"{fraction} | {row['agreement']:.3f} | {row['similarity']:.3f} |")
-    lines += ["", f"FREE threshold: oracle (fastest fixed one with agreement >= {AGREEMENT_TARGET}) {oracle}, "
-              f"adaptive {adaptive_threshold}."]
+                     f"{fraction} | {accepted} | {row['agreement']:.3f} | {row['similarity']:.3f} |")
+    lines += ["", f"FREE threshold at agreement >= {AGREEMENT_TARGET}: oracle {oracle['speed']} by measured speed, "
+              f"{oracle['compute']} by layers per token; adaptive {adaptive_threshold['timed']} (after the "
+              f"calibration batches at {', '.join(f'{t:.3f}' for t in adaptive_threshold['calibration'])})."]
     if fastest:
         lines.append(f"Fastest at agreement >= {AGREEMENT_TARGET}: {fastest['method']} {fastest['setting']} "
                      f"({fastest['speedup']:.2f}x).")

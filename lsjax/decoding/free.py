@@ -23,8 +23,9 @@ the row (end of sequence, or the budget) forces the pass. So rollback 0 is autor
 Every parallel pass, a deep pass over skipped tokens, yields per stacked token and for the current one the
 pair (shallow confidence, whether the shallow argmax equals the deep argmax): the data of the adaptive
 threshold (`lsjax.decoding.threshold`). A deep step with no skipped token adds no pair, as in the reference
-code: its one pair would be a token below the threshold, and counting every such token (most tokens at the
-initial 0.9) fills the agree component with low confidences and pulls the threshold down. Lossy by design; `benchmarks/methods.py` measures how far from the full model.
+code: its one pair would be a token the shallow exit was unsure of, and at the initial 0.9 those are most
+tokens, so the fit would describe them rather than the tokens the threshold lets skip.
+Lossy by design; `benchmarks/methods.py` measures how far from the full model.
 """
 
 from __future__ import annotations
