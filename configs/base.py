@@ -29,8 +29,8 @@ def get_config():
         p_max=0.1, layer_dropout_scale="exp", layer_dropout_time_scale="constant",
         e_scale=0.2, exit_scale_shape="sum_l", curriculum="rotational", rotation=8, self_distill_beta=0.0,
         loss_chunk_size=2048,
-        # objective: layerskip (SPEC 1) | free (SPEC 3: (S CE_S + L CE_L) / (S + L) + free_alpha KD, exit
-        # S = free_exit_layer or L/4, KD layer mapping uniform | last | dynamic)
+        # objective: layerskip (the recipe) | free (docs/algorithms.md, FREE: (S CE_S + L CE_L) / (S + L)
+        # + free_alpha KD, exit S = free_exit_layer or L/4, KD layer mapping uniform | last | dynamic)
         objective="layerskip", free_exit_layer=0, free_alpha=0.5, free_mapping="dynamic",
         log_every=10, eval_every=200, eval_batches=8,
         checkpoint_every=200, keep_checkpoints=3,

@@ -1,5 +1,6 @@
-"""FREE's shallow-deep training objective (SPEC 3): two exits, the shallow model (layers [0, S)) and the deep
-model (all L layers), on the shared head, plus layer-wise distillation of the shallow layers toward deep ones.
+"""FREE's shallow-deep training objective (docs/algorithms.md, FREE: shallow-deep training): two exits, the
+shallow model (layers [0, S)) and the deep model (all L layers), on the shared head, plus layer-wise
+distillation of the shallow layers toward deep ones.
 
     loss = (S CE_shallow + L CE_deep) / (S + L) + alpha KD
 
