@@ -1,5 +1,5 @@
-"""FREE's shallow-deep training (docs/algorithms.md, FREE) continuing the embedded model: two exits, S = 2 of 8 layers and the
-last, (S CE_S + L CE_L) / (S + L) + 0.5 KD with the dynamic layer mapping; no layer dropout (FREE has none).
+"""FREE's shallow-deep training (docs/algorithms.md, FREE) continuing the embedded model: two exits, S = 2 of 8
+layers and the last, (S CE_S + L CE_L) / (S + L) + 0.5 KD with the dynamic layer mapping; no layer dropout (FREE has none).
 Its output feeds `decode.py --strategy free --exit-layer 2 --checkpoint workdirs/free/hf`.
 
     python train.py --config configs/embedded_free.py --workdir workdirs/free

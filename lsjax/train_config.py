@@ -30,7 +30,8 @@ from lsjax.config import DTYPES, SEED_LIMIT, ConfigError, LlamaConfig, RopeScali
 # mesh, export, data_dir) may change on resume; the changes are recorded.
 RESUME_FROZEN = ("model.", "tokenizer.", "init_from", "data.", "train.seed", "train.batch_size")
 RESUME_FREE = ("model.dtype", "model.remat", "model.attention", "data.data_dir")
-OBJECTIVES = ("layerskip", "free")  # train.objective: the LayerSkip recipe, or FREE's shallow-deep loss (docs/algorithms.md)
+# train.objective: the LayerSkip recipe, or FREE's shallow-deep loss (docs/algorithms.md)
+OBJECTIVES = ("layerskip", "free")
 OPTIONAL_KEYS = ("model.rope_scaling",)  # read by `model_config_from` when a config sets it
 
 
