@@ -15,7 +15,6 @@ import os
 import re
 import sys
 import traceback
-from typing import Optional
 
 from lsjax import xla_cpu
 
@@ -43,7 +42,7 @@ def parse_flags(argv):
         _exit_with(message)
 
 
-def _flag_error(err: Exception, argv) -> Optional[str]:
+def _flag_error(err: Exception, argv) -> str | None:
     """The one-line message for a flag or config file error, or None for an error of another kind (a bug)."""
     in_file = _config_file_error(err, _config_path(argv))
     if in_file:
@@ -63,7 +62,7 @@ def _flag_error(err: Exception, argv) -> Optional[str]:
     return text
 
 
-def _config_path(argv) -> Optional[str]:
+def _config_path(argv) -> str | None:
     """The --config file as given (without a :variant), or None."""
     for flag, value in zip(argv, argv[1:] + [None]):
         if flag.startswith("--config="):
@@ -73,7 +72,7 @@ def _config_path(argv) -> Optional[str]:
     return None
 
 
-def _config_file_error(err: BaseException, path: Optional[str]) -> Optional[str]:
+def _config_file_error(err: BaseException, path: str | None) -> str | None:
     """'FILE:LINE: Type: message' when `err`, or an error it was raised from or while handling, came from the
     config file itself (a syntax error, a key it reads that does not exist, its own raise)."""
     target = path and os.path.realpath(path)

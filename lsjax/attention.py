@@ -25,7 +25,6 @@ compute the same function and differ in memory and speed:
 
 from __future__ import annotations
 
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +82,7 @@ def reference(q, k, v, mask) -> jax.Array:
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
 
 
-def blockwise(q, k, v, mask, block: Optional[int] = None) -> jax.Array:
+def blockwise(q, k, v, mask, block: int | None = None) -> jax.Array:
     """Online softmax over key blocks (of BLOCK keys by default): running max m, normaliser l and unnormalised
     output per query."""
     b, t, h, hd = q.shape

@@ -22,7 +22,8 @@ import os
 import sys
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,7 @@ def kind_of(path) -> str:
                           f"lsjax training workdir with {WORKDIR_CHECKPOINTS}/, or a .gguf file)")
 
 
-def load_model(path, *, dtype: Optional[str] = None, mesh=None) -> Tuple[LlamaConfig, dict, tokenizer_lib.Tokenizer]:
+def load_model(path, *, dtype: str | None = None, mesh=None) -> tuple[LlamaConfig, dict, tokenizer_lib.Tokenizer]:
     """(config, params, tokenizer) from a checkpoint of any kind (see `kind_of`).
 
     dtype: params and compute in this dtype (default: as stored). mesh: load straight into the params'
@@ -100,7 +101,7 @@ def _format(path):
     return hf
 
 
-def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None) -> LlamaConfig:
+def load_config(path, *, param_dtype: str | None = None, dtype: str | None = None) -> LlamaConfig:
     """The model config of a Hugging Face directory or GGUF file (dtypes default to the stored ones)."""
     return _format(path).load_config(path, param_dtype=param_dtype, dtype=dtype)
 
@@ -133,7 +134,7 @@ def model_config(settings: train_config.ModelSettings, tok) -> LlamaConfig:
     return config
 
 
-def run_tokenizer(path: str, init_from: str, workdir) -> Optional[tokenizer_lib.Tokenizer]:
+def run_tokenizer(path: str, init_from: str, workdir) -> tokenizer_lib.Tokenizer | None:
     """The tokenizer of a training run: tokenizer.path's, the init checkpoint's, or the one the run trained
     and kept in the workdir; None before it has trained one."""
     if path:
@@ -157,7 +158,7 @@ def read_train_config(workdir: Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(raw)
 
 
-def workdir_config(workdir: Path) -> Tuple[LlamaConfig, tokenizer_lib.Tokenizer]:
+def workdir_config(workdir: Path) -> tuple[LlamaConfig, tokenizer_lib.Tokenizer]:
     """The model config and tokenizer of a training workdir, rebuilt from its training config."""
     cfg = read_train_config(workdir)
     tok = run_tokenizer(cfg.tokenizer.path, cfg.init_from, workdir)
@@ -167,7 +168,7 @@ def workdir_config(workdir: Path) -> Tuple[LlamaConfig, tokenizer_lib.Tokenizer]
     return model_config(train_config.ModelSettings.from_config(cfg), tok), tok
 
 
-def step_dirs(workdir) -> Dict[int, Path]:
+def step_dirs(workdir) -> dict[int, Path]:
     """{step: directory} of a workdir's finished checkpoints (orbax writes a step under a temporary name and
     renames it when complete, so a digit-only name is a finished step), newest first."""
     root = Path(workdir) / WORKDIR_CHECKPOINTS
@@ -175,7 +176,7 @@ def step_dirs(workdir) -> Dict[int, Path]:
     return dict(sorted(steps.items(), reverse=True))
 
 
-def _files(step_dir: Path) -> Dict[str, Path]:
+def _files(step_dir: Path) -> dict[str, Path]:
     return {p.relative_to(step_dir).as_posix(): p for p in sorted(step_dir.rglob("*"))
             if p.is_file() and not p.name.startswith(MANIFEST)}
 
@@ -203,7 +204,7 @@ def seal(workdir) -> None:
             continue
 
 
-def damage(step_dir: Path) -> Optional[str]:
+def damage(step_dir: Path) -> str | None:
     """Why a sealed step cannot be trusted (a file missing, resized or failing its checksum), or None."""
     try:
         manifest = {name: (int(size), int(crc)) for name, (size, crc) in
@@ -220,7 +221,7 @@ def damage(step_dir: Path) -> Optional[str]:
                  if _crc32(present[name]) != crc), None)
 
 
-def restore_newest(workdir, restore: Callable[[int], T]) -> Tuple[int, T]:
+def restore_newest(workdir, restore: Callable[[int], T]) -> tuple[int, T]:
     """(step, restore(step)) for the newest step that is intact and restores. A sealed step must match its
     manifest; a step without one is tried (unverified) only while it is newer than every sealed step: the
     run stopped between orbax finishing it and sealing it. Each step skipped is one warning line naming it
@@ -252,7 +253,7 @@ def _first_line(err: BaseException) -> str:
     return text[0][:200] if text else ""
 
 
-def restore_params(workdir: Path, config: LlamaConfig, mesh=None, step: Optional[int] = None) -> dict:
+def restore_params(workdir: Path, config: LlamaConfig, mesh=None, step: int | None = None) -> dict:
     """The params of a workdir's checkpoint (default: the newest intact one, see `restore_newest`), in
     config's param dtype, restored into their shardings on `mesh` (default: the default device). The optimizer
     state is not read."""

@@ -10,7 +10,8 @@ import dataclasses
 import math
 import numbers
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 
@@ -62,16 +63,16 @@ class LlamaConfig:
     intermediate_size: int
     num_layers: int
     num_heads: int
-    num_kv_heads: Optional[int] = None
-    head_dim: Optional[int] = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: Optional[RopeScaling] = None
+    rope_scaling: RopeScaling | None = None
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 4096
-    bos_token_id: Optional[int] = 1
-    eos_token_ids: Tuple[int, ...] = (2,)
-    pad_token_id: Optional[int] = None
+    bos_token_id: int | None = 1
+    eos_token_ids: tuple[int, ...] = (2,)
+    pad_token_id: int | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: str = "none"
@@ -124,7 +125,7 @@ class LlamaConfig:
     def jnp_param_dtype(self):
         return DTYPES[self.param_dtype]
 
-    def replace(self, **changes) -> "LlamaConfig":
+    def replace(self, **changes) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:
@@ -172,7 +173,7 @@ def check_hf_types(raw: Any, where: str) -> None:
 
 # --- memory bounds: checked before anything is allocated, so that an impossible size is one line, not an abort
 
-def available_memory(devices: Sequence) -> Optional[int]:
+def available_memory(devices: Sequence) -> int | None:
     """Bytes that `devices` can still allocate: free accelerator memory summed over devices, or for CPU devices
     (which share the host's memory) the host's available memory; None where the runtime does not say."""
     if all(d.platform == "cpu" for d in devices):
@@ -183,11 +184,11 @@ def available_memory(devices: Sequence) -> Optional[int]:
     return sum(s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats)
 
 
-def _host_available_memory() -> Optional[int]:
+def _host_available_memory() -> int | None:
     """MemAvailable from /proc/meminfo (what the kernel can hand out without swapping), else free pages."""
     try:
         with open("/proc/meminfo") as f:
-            fields: Dict[str, str] = dict(line.split(":", 1) for line in f if ":" in line)
+            fields: dict[str, str] = dict(line.split(":", 1) for line in f if ":" in line)
         return int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         try:

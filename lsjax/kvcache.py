@@ -10,7 +10,6 @@ Shapes never change, so nothing recompiles as a sequence grows.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +22,8 @@ from lsjax.errors import InputError
 
 @struct.dataclass
 class KVCache:
-    k: Union[jax.Array, Tuple[jax.Array, ...]]  # [L, B, S, KV, hd], or per layer [B, S, KV, hd] (per_layer)
-    v: Union[jax.Array, Tuple[jax.Array, ...]]  # as k
+    k: jax.Array | tuple[jax.Array, ...]  # [L, B, S, KV, hd], or per layer [B, S, KV, hd] (per_layer)
+    v: jax.Array | tuple[jax.Array, ...]  # as k
     start: jax.Array  # [B] int32: first valid slot of each row
     length: jax.Array  # [B] int32: one past the last valid slot of each row
 
@@ -52,18 +51,18 @@ class KVCache:
         query = self.query_slots(num_tokens, write_index)
         return (slots[None, None, :] >= self.start[:, None, None]) & (slots[None, None, :] <= query[:, :, None])
 
-    def rollback(self, length) -> "KVCache":
+    def rollback(self, length) -> KVCache:
         """Forgets every slot at or past `length` [B] (no copy: those entries are masked and overwritten)."""
         return self.replace(length=jnp.asarray(length, jnp.int32))
 
 
-def _layer_shape(buffers) -> Tuple[int, ...]:
+def _layer_shape(buffers) -> tuple[int, ...]:
     """[B, S, KV, hd] of one layer's buffer, in either layout."""
     return buffers[0].shape if isinstance(buffers, tuple) else buffers.shape[1:]
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None,
-               num_layers: Optional[int] = None, per_layer: bool = False) -> KVCache:
+               num_layers: int | None = None, per_layer: bool = False) -> KVCache:
     """An empty cache of `max_length` slots per row, in the compute dtype unless `dtype` is given.
 
     num_layers: buffers for layers [0, num_layers) only (early exit never touches the rest); default all.
@@ -83,7 +82,7 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=None
 
 
 def run_cached_layers(config: LlamaConfig, params, cache: KVCache, x, start: int, stop: int,
-                      write_index=None, collect_hidden: bool = False) -> Tuple[model.LayersOutput, KVCache]:
+                      write_index=None, collect_hidden: bool = False) -> tuple[model.LayersOutput, KVCache]:
     """Layers [start, stop) over new hidden states x [B, T, D] placed at `write_index` (default `length`).
 
     Those layers write their K/V for the new tokens and attend over everything visible. `length` is left
@@ -109,8 +108,8 @@ def _check_room(cache: KVCache, num_tokens: int) -> None:
                          f"holds max_length={cache.max_length}")
 
 
-def extend(config: LlamaConfig, params, cache: KVCache, tokens, depth: Optional[int] = None
-           ) -> Tuple[jax.Array, KVCache]:
+def extend(config: LlamaConfig, params, cache: KVCache, tokens, depth: int | None = None
+           ) -> tuple[jax.Array, KVCache]:
     """Appends token ids [B, T] to every row (T >= 1, causal among themselves): float32 logits [B, T, V].
 
     depth: run layers [0, depth) and exit through the shared head (early exit); default all layers.
@@ -122,7 +121,7 @@ def extend(config: LlamaConfig, params, cache: KVCache, tokens, depth: Optional[
 
 
 def prefill(config: LlamaConfig, params, cache: KVCache, tokens, prompt_lengths, padding: str = "right",
-            depth: Optional[int] = None) -> Tuple[jax.Array, KVCache]:
+            depth: int | None = None) -> tuple[jax.Array, KVCache]:
     """Writes a padded prompt batch [B, T] into an empty cache; returns the next-token logits [B, V] (at each
     row's last prompt token, the only position unembedded) and the cache.
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -79,7 +80,7 @@ def apply_rope(x, positions, inv_freq):
     return x * cos + rotated * sin
 
 
-Attend = Callable[[jax.Array, jax.Array, jax.Array], Tuple[jax.Array, Any]]
+Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 class Attention(nn.Module):
@@ -262,8 +263,8 @@ def unembed_rows(config: LlamaConfig, params: Params, x, rows) -> jax.Array:
 
 class LayersOutput(NamedTuple):
     x: jax.Array  # residual stream after layer stop-1, [B, T, D]
-    cache: Optional[Tuple[jax.Array, jax.Array]]  # updated (k, v) buffers [L, B, S, KV, hd], if given
-    hidden: Optional[jax.Array]  # [stop - start, B, T, D]: the stream after each layer, if collected
+    cache: tuple[jax.Array, jax.Array] | None  # updated (k, v) buffers [L, B, S, KV, hd], if given
+    hidden: jax.Array | None  # [stop - start, B, T, D]: the stream after each layer, if collected
 
 
 def causal_mask(batch: int, length: int, segment_ids=None) -> jax.Array:
@@ -276,7 +277,7 @@ def causal_mask(batch: int, length: int, segment_ids=None) -> jax.Array:
 
 
 def run_layers(config: LlamaConfig, params: Params, x, start: int, stop: int, *, positions, mask,
-               cache: Optional[Tuple[jax.Array, jax.Array]] = None, write_index=None, residual_mask=None,
+               cache: tuple[jax.Array, jax.Array] | None = None, write_index=None, residual_mask=None,
                collect_hidden: bool = False, segments=None) -> LayersOutput:
     """Runs layers [start, stop) on the residual stream x [B, T, D] as one scan over the stacked params.
 

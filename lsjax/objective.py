@@ -36,7 +36,7 @@ class Recipe(NamedTuple):
     free_mapping: str = "dynamic"  # uniform | last | dynamic
 
     @classmethod
-    def from_config(cls, train_cfg) -> "Recipe":
+    def from_config(cls, train_cfg) -> Recipe:
         return cls(float(train_cfg.p_max), train_cfg.layer_dropout_scale, train_cfg.layer_dropout_time_scale,
                    float(train_cfg.e_scale), train_cfg.exit_scale_shape, train_cfg.curriculum, int(train_cfg.rotation),
                    float(train_cfg.self_distill_beta), int(train_cfg.steps), int(train_cfg.seed),

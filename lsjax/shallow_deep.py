@@ -16,7 +16,6 @@ i < S, teacher layer j), layer i meaning its output x_{i+1}:
 
 from __future__ import annotations
 
-from typing import List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ def default_exit(num_layers: int) -> int:
     return max(1, num_layers // 4)
 
 
-def teachers(shallow: int, num_layers: int) -> List[int]:
+def teachers(shallow: int, num_layers: int) -> list[int]:
     """u(i) for i < S: evenly spaced deep layers ending at the last one."""
     return [-(-(i + 1) * num_layers // shallow) - 1 for i in range(shallow)]
 
@@ -63,7 +62,7 @@ def distillation(config: LlamaConfig, params, hidden, shallow: int, mapping: str
 
 
 def loss(config: LlamaConfig, params, hidden, targets, loss_mask, shallow: int, alpha: float, mapping: str,
-         chunk_size: int) -> Tuple[jax.Array, early_exit_loss.ExitLoss, jax.Array]:
+         chunk_size: int) -> tuple[jax.Array, early_exit_loss.ExitLoss, jax.Array]:
     """(loss, the two exits' ExitLoss, their layer indices [2]) from hidden states [L, B, T, D]."""
     num_layers = config.num_layers
     if not 1 <= shallow < num_layers:

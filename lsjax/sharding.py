@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -29,7 +29,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axis or axes or None); batch spans data and fsdp, weights are split over fsdp
 # (their 'embed' dimension) and tensor (heads, kv heads, MLP width, vocabulary).
-LOGICAL_RULES: Tuple[Tuple[str, object], ...] = (
+LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("batch", ("data", "fsdp")),
     ("seq", None),
     ("layers", None),
@@ -70,7 +70,7 @@ BATCH_AXES = PartitionSpec("batch")
 ACTIVATION_AXES = PartitionSpec("batch", "seq", None)
 
 
-def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: Optional[int] = None) -> Tuple[int, int, int]:
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int | None = None) -> tuple[int, int, int]:
     """(data, fsdp, tensor) with at most one -1 resolved to "the rest"; the product must not exceed the
     device count (a smaller mesh takes the first devices, with a warning)."""
     num_devices = jax.device_count() if num_devices is None else num_devices
@@ -90,7 +90,7 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: Optional[int] = N
     return tuple(shape)
 
 
-def mesh_from_flag(text: Optional[str]) -> Optional[Mesh]:
+def mesh_from_flag(text: str | None) -> Mesh | None:
     """The mesh of a --mesh "D,F,T" flag (-1: the rest of the devices), or without the flag all devices on
     data (None on a single device)."""
     if text is None:

@@ -14,13 +14,13 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List
+from collections.abc import Iterator
 
 from lsjax.errors import InputError
 
 LOCK_FILE = "train.lock"
 
-_held: Dict[Path, List[int]] = {}  # resolved workdir -> [lock file descriptor, nesting depth] in this process
+_held: dict[Path, list[int]] = {}  # resolved workdir -> [lock file descriptor, nesting depth] in this process
 
 
 class WorkdirError(InputError):

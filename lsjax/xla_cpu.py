@@ -9,13 +9,12 @@ keeps them in program order. Every entry point calls `configure` first, so nobod
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 PLAIN_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 DEVICE_COUNT = "--xla_force_host_platform_device_count"
 
 
-def configure(num_devices: Optional[int] = None) -> None:
+def configure(num_devices: int | None = None) -> None:
     """Adds the plain-scheduler flag (and `num_devices` simulated devices, unless XLA_FLAGS already sets a
     count) to XLA_FLAGS. Has no effect once JAX's CPU backend exists; other platforms ignore both flags."""
     flags = os.environ.get("XLA_FLAGS", "")

@@ -17,7 +17,7 @@ NEW_TOKENS = 16
 PROMPTS = [np.random.default_rng(11).integers(0, TINY.vocab_size, n).tolist() for n in (7, 2, 5, 9)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_params():
     """TINY with weights large enough that exits disagree (one copy for every test of the methods)."""
     return scaled_random_model(TINY, 42)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ class Mutant(NamedTuple):
     tests: str  # the test files (or node ids) that must catch it, space-separated
 
 
-MUTANTS: Dict[str, Mutant] = {
+MUTANTS: dict[str, Mutant] = {
     "greedy-stale-slot": Mutant(
         "greedy acceptance counts a draft slot the row never filled this round",
         "lsjax/decoding/self_speculative.py",
@@ -192,7 +192,7 @@ MUTANTS: Dict[str, Mutant] = {
 }
 
 
-def stale(root: Path = ROOT) -> Dict[str, str]:
+def stale(root: Path = ROOT) -> dict[str, str]:
     """{name: why} for the mutants whose right code is not exactly once in its file."""
     out = {}
     for name, m in MUTANTS.items():
@@ -213,7 +213,7 @@ def _copy_of_repository(destination: Path) -> Path:
     return destination
 
 
-def run(name: str, copy: Path, tests: Optional[str] = None) -> tuple:
+def run(name: str, copy: Path, tests: str | None = None) -> tuple:
     """(caught, the first failing test or pytest's last line, seconds) for one mutant applied to `copy`,
     running its own tests or `tests` (space-separated files or node ids)."""
     m = MUTANTS[name]

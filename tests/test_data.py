@@ -128,7 +128,7 @@ def test_local_text_reads_text_files_and_jsonl_lines(tmp_path):
     (folder / "d.jsonl").write_text('{"body": "line one"}\n\n{"body": "line two", "x": 1}\n{"body": "line 3"}\n')
     (folder / "e.bin").write_text("not a text suffix")
     (folder / ".hidden" / "f.txt").write_text("hidden")
-    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (folder / "latin1.txt").write_bytes(b"caf\xe9")
     (folder / "blank.txt").write_text("  \n")
     expected = {"a.txt": "plain text\n", "b.md": "# markdown\n", "sub/c.py": "print('hi')\n",
                 "d.jsonl:1": "line one", "d.jsonl:3": "line two", "d.jsonl:4": "line 3"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from tests.methods_common import PROMPTS, batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
+from tests.methods_common import batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
 from tests.test_decoding import right_pad, rows, scaled_random_model
 from lsjax import kvcache, model, shallow_deep
 from lsjax.decoding import ACCEPTED_DRAFT, FROM_MODEL, Knobs, Settings, free, threshold

@@ -117,7 +117,7 @@ def test_random_operation_sequences_match_teacher_forcing(data):
         rows.check(out, first_new)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params(config):
     return model.init(config, jax.random.key(7))
 

@@ -8,7 +8,8 @@ device until every row is done. A host streams by passing `on_round`: the rounds
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -33,7 +33,7 @@ class Knobs(NamedTuple):
 
     @classmethod
     def make(cls, temperature: float = 1.0, top_p: float = 1.0, confidence: float = 0.0, draft_ids=(),
-             threshold: float = 1.0, rollback: float = float("inf")) -> "Knobs":
+             threshold: float = 1.0, rollback: float = float("inf")) -> Knobs:
         return cls(jnp.float32(temperature), jnp.float32(top_p), jnp.float32(confidence),
                    jnp.asarray(draft_ids, jnp.int32).reshape(-1), jnp.float32(threshold), jnp.float32(rollback))
 
