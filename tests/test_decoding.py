@@ -97,7 +97,7 @@ def test_rows_stop_at_their_own_eos_and_budget(tiny_model):
     assert rows(budget) == [row[:8] for row in rows(generate(config, params, prompts, 16))]
 
 
-@hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2 ** 16), num_layers=st.integers(2, 5), num_speculations=st.sampled_from([1, 2, 4, 8]),
        lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3), schedule=st.sampled_from(["fixed", "heuristic"]),
        confidence=st.sampled_from([0.0, 0.3]), data=st.data())
@@ -143,7 +143,7 @@ SHORT_DRAFTS = [  # (E, d, schedule, confidence): rows draft fewer than d in man
     (1, 4, "heuristic", 0.0), (2, 4, "fixed", 0.6), (1, 6, "heuristic", 0.5), (3, 3, "fixed", 0.45)]
 
 
-@hsettings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hsettings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2 ** 16), short=st.sampled_from(SHORT_DRAFTS),
        lengths=st.lists(st.integers(1, 8), min_size=4, max_size=4))
 def test_rows_that_draft_fewer_than_d_accept_only_their_own_drafts(seed, short, lengths):

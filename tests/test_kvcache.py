@@ -92,7 +92,7 @@ def test_prefill_steps_extensions_rollback(tiny_model, padding, per_layer):
     np.testing.assert_array_equal(cache.length - cache.start, [len(r) for r in rows.rows])
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(data=st.data())
 def test_random_operation_sequences_match_teacher_forcing(data):
     config = data.draw(st.sampled_from([TINY, TINY_LLAMA3]))
