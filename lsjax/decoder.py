@@ -144,7 +144,7 @@ class Options:
     def split(self, config: LlamaConfig, pad_id: int, draft_ranking=None) -> tuple[decoding.Settings, decoding.Knobs]:
         """Checked options as the loop takes them: (static settings, traced knobs). draft_ranking: token ids
         by frequency (`lsjax.draft_vocab`), needed when draft_vocab > 0."""
-        output_size = -(-self.max_new_tokens // OUTPUT_BUCKET) * OUTPUT_BUCKET
+        output_size = _round_up(self.max_new_tokens, OUTPUT_BUCKET)
         speculative = self.strategy in ("self_speculative", "speculative")
         settings = decoding.Settings(
             strategy=self.strategy,
@@ -169,11 +169,16 @@ def _require(ok: bool, message: str) -> None:
         raise InputError(message)
 
 
+def _round_up(n: int, bucket: int) -> int:
+    """The smallest multiple of `bucket` that holds n (prompt widths and output buffers are bucketed)."""
+    return -(-n // bucket) * bucket
+
+
 def encode_prompts(tok, texts: list[str]) -> PromptBatch:
     if not texts or not all(texts):
         raise InputError("empty prompt: give at least one character of text")
     encoded = [tok.encode(text) for text in texts]
-    width = -(-max(len(ids) for ids in encoded) // BUCKET) * BUCKET
+    width = _round_up(max(len(ids) for ids in encoded), BUCKET)
     tokens = np.full((len(encoded), width), tok.pad_id or 0, np.int32)
     for i, ids in enumerate(encoded):
         tokens[i, :len(ids)] = ids
