@@ -1,24 +1,27 @@
 """Benchmark: autoregressive, early-exit and self-speculative decoding side by side on HumanEval prompts.
 
-    python benchmarks/decode.py [--checkpoint models/embedded] [--num-prompts 20] [--max-new-tokens 128]
-                                [--exit-layers 1,2,3,4] [--num-speculations 2,4,6] [--confidences 0]
-                                [--batch-sizes 1,4,16] [--repeats 3]
+    python benchmarks/decode.py [--checkpoint models/embedded] [--dtype float32] [--num-prompts 20]
+                                [--max-new-tokens 128] [--exit-layers 1,2,3,4] [--num-speculations 2,4,6]
+                                [--confidences 0] [--ceiling-exit-layers E,..] [--ceiling-speculations 1,2,3,4,6]
+                                [--ceiling-draft-vocabs K,..] [--batch-sizes 1,4,16] [--repeats 3]
 
 Greedy decoding, compilation excluded. For every prompt every configuration runs in turn, `repeats` times (the
 run of median time counts), so machine noise hits them alike; figures are medians over prompts and ratios to
-autoregressive measured on the same prompt. For each self-speculative (E, d, confidence threshold c): the
-acceptance rate, the analytic speedup bound (docs/algorithms.md, cost model) for the measured tokens and
-drafts per round, (1 + accepted / rounds) / ((drafted / rounds) E / L + 1) (drafted / rounds = d without a
-threshold), and the efficiency = measured speedup / bound; also the bound that this machine's own pass costs
-allow (a draft step, a (d + 1)-token verification and a full step, each timed alone in a compiled loop) and
-the efficiency against it, which is what the loops lose or gain beyond their passes; every output is checked
-token for token against autoregressive. Then the ceiling at the best setting's E: the same loops on the same
-weights with layers [E, L) silenced (their output projections zeroed), so every draft is accepted while every
-pass costs what it did; it gives the loops' efficiency where acceptance is no limit, each d's round time, and
-the per-token acceptance a model would need for --target (the ceiling's speedup scaled by the cost model's
-tokens per round, (1 - a^(d+1)) / (1 - a), over the d + 1 it had). Then the best setting at batch sizes 1, 4
-and 16, the cost of streaming it, and XLA's memory footprint of both loops. Writes decode.json and decode.png
-under --out.
+autoregressive measured on the same prompt. Each configuration's speedup is given as a caller sees it
+(`speedup`, the prompt's prefill included) and for the decode loop alone (`decode_speedup`: the prefill, timed
+as the autoregressive loop asked for one token, taken out), with its milliseconds per round. The passes are
+also timed alone (`pass_costs`), and each loop's efficiency is the round those passes predict over the round
+it took. For each self-speculative (E, d, confidence threshold c): the acceptance rate, the analytic speedup
+bound (docs/algorithms.md, cost model) for the measured tokens and drafts per round, (1 + accepted / rounds) /
+((drafted / rounds) E / L + 1), the bound that the pass costs allow, and the loop speedup's ratio to each;
+every output is checked token for token against autoregressive. Then the ceiling at the best setting's E (or
+at each --ceiling-exit-layers E): the same loops on the same weights with layers [E, L) silenced (their output
+projections zeroed), so every draft is accepted while every pass costs what it did; with a reduced draft
+vocabulary K, the head is also confined to the K tokens (`confine_head`). It gives the loops' speed where
+acceptance is no limit, each d's round time, and the per-token acceptance a model would need for --target (the
+ceiling's loop speedup scaled by the cost model's tokens per round, (1 - a^(d+1)) / (1 - a), over the d + 1 it
+had). Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory footprint of
+both loops. Writes decode.json and decode.png under --out.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def listed(cast):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=checkpoints.EMBEDDED)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="params and compute in this dtype (default: as the checkpoint stores them)")
     parser.add_argument("--num-prompts", type=int, default=20, help="the first N HumanEval prompts (164: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--exit-layers", type=listed(int), default=None, help="E values (default: 1 .. L/2)")
@@ -65,6 +70,8 @@ def parse_args(argv=None):
                         help="draft confidence thresholds c (0 = off): a round stops drafting below c")
     parser.add_argument("--ceiling-speculations", type=listed(int), default=[1, 2, 3, 4, 6],
                         help="d values of the ceiling run (every draft accepted)")
+    parser.add_argument("--ceiling-exit-layers", type=listed(int), default=None,
+                        help="E values of the ceiling run (default: the best setting's E)")
     parser.add_argument("--ceiling-draft-vocabs", type=listed(int), default=[],
                         help="K values of a reduced draft vocabulary (lsjax.draft_vocab) also run in the ceiling")
     parser.add_argument("--target", type=float, default=1.5,
@@ -81,12 +88,14 @@ def analytic_bound(tokens_per_round: float, drafts_per_round: float, exit_layer:
     return tokens_per_round / (drafts_per_round * exit_layer / num_layers + 1)
 
 
-def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, exit_layer: int, d: int) -> float:
-    """The speedup this machine's measured pass costs allow: a round runs drafts + 1 shallow passes (the last
-    draft too goes through layers [0, E)) and one verification of d + 1 tokens; autoregressive one full pass
-    per token. Its gap to the measured speedup is the loops' own bookkeeping and what their passes cost there
-    rather than alone (see `pass_costs`)."""
-    round_ms = (drafts_per_round + 1) * costs[f"draft E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
+def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, exit_layer: int, d: int,
+               draft_vocab: int = 0) -> float:
+    """The speedup this machine's measured pass costs allow: a round runs `drafts` shallow passes with the
+    (full or reduced) draft head, one more without a head (the last draft's exit state) and one verification
+    of d + 1 tokens; autoregressive one full pass per token. Its gap to the measured speedup is the loops' own
+    bookkeeping and what their passes cost there rather than alone (see `pass_costs`)."""
+    draft = costs[f"draft E={exit_layer}" + (f" K={draft_vocab}" if draft_vocab else "")]
+    round_ms = drafts_per_round * draft + costs[f"shallow E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
     return tokens_per_round * costs["full"] / round_ms
 
 
@@ -116,31 +125,58 @@ def silence_deep_layers(params, exit_layer: int):
                                  "mlp": {**layers["mlp"], "down": silenced(layers["mlp"]["down"])}}}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _cached_passes(config, params, start: int, stop: int, cache, x):
+def confine_head(config, params, ids):
+    """The same weights with the head rows of every token outside `ids` zeroed: those tokens score 0, below the
+    best of the subset whenever that is positive, so the full model's greedy choice lies in the subset and a
+    reduced draft vocabulary of exactly these ids loses no draft to it (the ceiling's use), while every pass
+    costs what it did. With tied embeddings the zeroed rows also embed those tokens as zeros."""
+    outside = jnp.ones((config.vocab_size,), bool).at[jnp.asarray(ids)].set(False)
+    if config.tie_word_embeddings:
+        embedding = params["embed"]["embedding"]
+        return {**params, "embed": {"embedding": jnp.where(outside[:, None], 0, embedding)}}
+    kernel = params["lm_head"]["kernel"]
+    return {**params, "lm_head": {"kernel": jnp.where(outside[None, :], 0, kernel)}}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
+def _cached_passes(config, params, start: int, stop: int, head: str, cache, x, rows):
+    """PASSES passes of layers [start, stop) and then `head`: "full" (the whole vocabulary), "rows" (the
+    reduced draft head `rows`) or "none" (the last shallow pass of a round, whose exit state only feeds the
+    verification). The head's argmax feeds the next pass, so no pass can be skipped or its head cut short."""
     def one(_, carry):
         cache, x = carry
         out, cache = kvcache.run_cached_layers(config, params, cache, x, start, stop)
-        return cache, x + 1e-9 * model.unembed(config, params, out.x)[..., :1]  # each pass depends on the last
+        if head == "none":
+            return cache, out.x
+        logits = (model.unembed(config, params, out.x) if head == "full"
+                  else model.unembed_rows(config, params, out.x, rows))
+        return cache, x + 1e-6 * jnp.argmax(logits, axis=-1)[..., None].astype(x.dtype)
     return lax.fori_loop(0, PASSES, one, (cache, x))
 
 
-def pass_costs(config, params, exit_layers, ds, cache_length: int, repeats: int = 7) -> dict:
-    """Milliseconds of one cached pass with the shared head, inside a compiled loop, at batch 1 with half the
-    cache filled: the full model on one token ("full"), layers [0, E) on one token ("draft E=e") and layers
-    [E, L) on d + 1 tokens ("verify E=e d=d"). Medians of `repeats` loops, the kinds taken in turn. Each loop
-    repeats one pass, so its weights stay in the CPU's caches as far as they fit; inside a decode a pass can
-    cost more or less than alone (a draft step follows a verification that has streamed the deep layers'
-    weights through those caches)."""
+def pass_costs(config, params, exit_layers, ds, cache_length: int, draft_vocabs=(), ranking=None,
+               repeats: int = 7) -> dict:
+    """Milliseconds of one cached pass inside a compiled loop, at batch 1 with half the cache filled: the full
+    model on one token with the head ("full"); layers [0, E) on one token with the head ("draft E=e"), with
+    the head of a reduced draft vocabulary ("draft E=e K=k") and without a head ("shallow E=e", a round's last
+    shallow pass); layers [E, L) on d + 1 tokens with the head ("verify E=e d=d"). Medians of `repeats` loops,
+    the kinds taken in turn. Each loop repeats one pass, so its weights stay in the CPU's caches as far as they
+    fit; inside a decode a pass can cost more or less than alone (a draft step follows a verification that has
+    streamed the deep layers' weights through those caches)."""
     params = model.per_layer(params)  # the layout the decode loops run
     cache = kvcache.init_cache(config, 1, cache_length, per_layer=True).replace(
         length=jnp.full((1,), cache_length // 2, jnp.int32))
-    runs = {"full": (0, config.num_layers, 1)}
-    runs.update({f"draft E={e}": (0, e, 1) for e in exit_layers})
-    runs.update({f"verify E={e} d={d}": (e, config.num_layers, d + 1) for e in exit_layers for d in ds})
-    calls = {name: functools.partial(_cached_passes, config, params, start, stop, cache,
-                                     jnp.full((1, width, config.hidden_size), 0.1, config.jnp_dtype))
-             for name, (start, stop, width) in runs.items()}
+    runs = {"full": (0, config.num_layers, 1, "full", 0)}
+    for e in exit_layers:
+        runs[f"draft E={e}"] = (0, e, 1, "full", 0)
+        runs.update({f"draft E={e} K={k}": (0, e, 1, "rows", k) for k in draft_vocabs})
+        runs[f"shallow E={e}"] = (0, e, 1, "none", 0)
+        runs.update({f"verify E={e} d={d}": (e, config.num_layers, d + 1, "full", 0) for d in ds})
+    calls = {}
+    for name, (start, stop, width, head, k) in runs.items():
+        rows = model.head_rows(config, params, jnp.asarray(ranking[:k])) if k else None
+        x = jnp.full((1, width, config.hidden_size), 0.1, config.jnp_dtype)
+        calls[name] = functools.partial(_cached_passes, config, params, start, stop, head, cache, x, rows)
     seconds = {name: [] for name in calls}
     for call in calls.values():
         jax.block_until_ready(call())  # compiles
@@ -159,46 +195,77 @@ def make_decoder(config, params, tok, max_new_tokens: int, options: dict) -> Dec
 
 
 def sweep(config, params, tok, texts, options: dict, max_new_tokens: int, repeats: int):
-    """{name: per-prompt results} for every configuration, prompts outermost; each prompt's result is the
-    run of median time among `repeats` rounds over all configurations."""
+    """({name: per-prompt results}, per-prompt fixed seconds) for every configuration, prompts outermost; each
+    prompt's result is the run of median time among `repeats` rounds over all configurations. A prompt's
+    fixed cost is the median time of the autoregressive loop asked for one token (its prefill and the call,
+    no round), which every configuration pays once per decode. Each loop runs once untimed per prompt bucket."""
     decoders = {name: make_decoder(config, params, tok, max_new_tokens, o)
                 for name, o in options.items()}
-    results = {name: [] for name in decoders}
+    results, fixed, warm = {name: [] for name in decoders}, [], set()
     for text in tqdm(texts, desc="prompts", unit="prompt"):
         batch = encode_prompts(tok, [text])
-        runs = {name: [] for name in decoders}
+        if batch.tokens.shape not in warm:  # a loop's first call after compiling is slower than the rest
+            warm.add(batch.tokens.shape)
+            for decoder in decoders.values():
+                decoder.generate(batch)
+        runs, prefills = {name: [] for name in decoders}, []
         for _ in range(repeats):
+            prefills.append(decoders["autoregressive"].generate(batch, max_new_tokens=1).seconds)
             for name, decoder in decoders.items():
                 runs[name].append(decoder.generate(batch))
         for name, rows in runs.items():
             results[name].append(sorted(rows, key=lambda r: r.seconds)[len(rows) // 2])
-    return results
+        fixed.append(statistics.median(prefills))
+    return results, fixed
 
 
-def summarise(results, config, costs: dict):
+def round_ms(result, fixed: float) -> float:
+    """Milliseconds a round of the decode loop took: the decode's time less its fixed cost, over its rounds."""
+    return 1000 * (result.seconds - fixed) / max(result.outputs[0].rounds, 1)
+
+
+def decode_rate(result, fixed: float) -> float:
+    """Tokens per second of the loop alone (the first token comes from the prefill)."""
+    return (result.new_tokens - 1) / (result.seconds - fixed)
+
+
+def summarise(results, fixed, config, costs: dict, draft_vocab: int = 0):
+    """Per configuration: tokens/s and speedup over autoregressive as a caller sees them (prefill included)
+    and of the loop alone (`decode_speedup`); milliseconds per round and the loop's efficiency against its
+    passes timed alone (`pass_costs`): a round's predicted cost over its measured one."""
     reference = results["autoregressive"]
     summary = {}
     for name, runs in results.items():
+        first = runs[0]
         row = {"tokens_per_second": statistics.median(r.tokens_per_second for r in runs),
                "speedup": statistics.median(r.tokens_per_second / a.tokens_per_second
                                             for r, a in zip(runs, reference)),
+               "decode_speedup": statistics.median(decode_rate(r, f) / decode_rate(a, f)
+                                                   for r, a, f in zip(runs, reference, fixed)),
+               "round_ms": statistics.median(round_ms(r, f) for r, f in zip(runs, fixed)),
                "identical_to_autoregressive": all(r.outputs[0].token_ids == a.outputs[0].token_ids
-                                                  for r, a in zip(runs, reference))}
-        first = runs[0]
-        row.update(strategy=first.strategy, exit_layer=first.exit_layer, num_speculations=first.num_speculations)
-        if first.strategy == "self_speculative":
+                                                  for r, a in zip(runs, reference)),
+               "strategy": first.strategy, "exit_layer": first.exit_layer,
+               "num_speculations": first.num_speculations}
+        if first.strategy == "autoregressive":
+            row["loop_efficiency"] = costs["full"] / row["round_ms"]
+        elif first.strategy == "early_exit" and f"draft E={first.exit_layer}" in costs:
+            row["loop_efficiency"] = costs[f"draft E={first.exit_layer}"] / row["round_ms"]
+        elif first.strategy == "self_speculative":
             drafted = sum(r.outputs[0].drafted for r in runs)
             accepted = sum(r.outputs[0].accepted for r in runs)
             rounds = sum(r.outputs[0].rounds for r in runs)
             tokens_per_round, drafts_per_round = 1 + accepted / rounds, drafted / rounds
             bound = analytic_bound(tokens_per_round, drafts_per_round, first.exit_layer, config.num_layers)
             measured = cost_bound(tokens_per_round, drafts_per_round, costs, first.exit_layer,
-                                  first.num_speculations)
+                                  first.num_speculations, draft_vocab)
+            predicted_round = tokens_per_round * costs["full"] / measured
             row.update(confidence=first.confidence, drafted=drafted, accepted=accepted,
                        acceptance_rate=accepted / drafted,
                        tokens_per_round=tokens_per_round, drafts_per_round=drafts_per_round,
-                       analytic_bound=bound, efficiency=row["speedup"] / bound,
-                       cost_bound=measured, cost_efficiency=row["speedup"] / measured)
+                       analytic_bound=bound, efficiency=row["decode_speedup"] / bound,
+                       cost_bound=measured, cost_efficiency=row["decode_speedup"] / measured,
+                       loop_efficiency=predicted_round / row["round_ms"])
         summary[name] = row
     return summary
 
@@ -207,27 +274,31 @@ def ceiling(config, params, tok, texts, exit_layer: int, ds, costs: dict, max_ne
             target: float, draft_vocabs=(), ranking=None) -> dict:
     """Autoregressive and self-speculative (E, d) decoding on `silence_deep_layers` weights: every draft is
     accepted, so the speedup is the most these loops give at this E and d on this machine, and its ratio to
-    The cost model's bound (tokens per round d + 1) is their efficiency with acceptance out of the picture. A round's
-    time does not depend on what is accepted (its passes have static widths), so the speedup at a per-token
-    acceptance a is this one scaled by tokens_per_round(a, d) / (d + 1); `acceptance_for_target` is the a at
-    which that reaches `target` (None: not even at a = 1)."""
-    options = {"autoregressive": {"strategy": "autoregressive"}}
-    options.update({speculative_name(exit_layer, d, 0): {"strategy": "self_speculative", "exit_layer": exit_layer,
-                                                          "num_speculations": d} for d in ds})
-    options.update({speculative_name(exit_layer, d, 0, k): {
-        "strategy": "self_speculative", "exit_layer": exit_layer, "num_speculations": d, "draft_vocab": k,
-        "draft_ranking": ranking} for d in ds for k in draft_vocabs})
-    results = sweep(config, silence_deep_layers(params, exit_layer), tok, texts, options, max_new_tokens, repeats)
-    summary = summarise(results, config, costs)
-    token_ms = statistics.median(1000 * r.seconds / r.new_tokens for r in results["autoregressive"])
-    rows = {}
-    for name in (n for n in options if n != "autoregressive"):
-        d = options[name]["num_speculations"]
-        round_ms = statistics.median(1000 * r.seconds / r.outputs[0].rounds for r in results[name])
-        row = summary[name]
-        rows[name] = {**row, "round_ms": round_ms,
-                      "acceptance_for_target": acceptance_for(target * row["tokens_per_round"] / row["speedup"], d)}
-    return {"exit_layer": exit_layer, "target": target, "autoregressive_token_ms": token_ms,
+    the cost model's bound (tokens per round d + 1) is their efficiency with acceptance out of the picture. A
+    round's time does not depend on what is accepted (its passes have static widths), so the speedup at a
+    per-token acceptance a is this one scaled by tokens_per_round(a, d) / (d + 1); `acceptance_for_target` is
+    the a at which that reaches `target` (None: not even at a = 1).
+
+    Each reduced draft vocabulary K runs on those weights with the head confined to its K tokens
+    (`confine_head`), against its own autoregressive run on them: a trained exit mostly predicts frequent
+    tokens, and an untrained one would otherwise lose most drafts to the subset rather than show its speed."""
+    silenced = silence_deep_layers(params, exit_layer)
+    rows, autoregressive = {}, None
+    for k in (0, *draft_vocabs):
+        options = {"autoregressive": {"strategy": "autoregressive"}}
+        options.update({speculative_name(exit_layer, d, 0, k): {
+            "strategy": "self_speculative", "exit_layer": exit_layer, "num_speculations": d, "draft_vocab": k,
+            "draft_ranking": ranking if k else None} for d in ds})
+        weights = confine_head(config, silenced, ranking[:k]) if k else silenced
+        summary = summarise(*sweep(config, weights, tok, texts, options, max_new_tokens, repeats), config, costs, k)
+        autoregressive = autoregressive or summary["autoregressive"]
+        for name in (n for n in options if n != "autoregressive"):
+            row = summary[name]
+            needed = target * row["tokens_per_round"] / row["decode_speedup"]
+            rows[name] = {**row, "draft_vocab": k,
+                          "acceptance_for_target": acceptance_for(needed, row["num_speculations"])}
+    return {"exit_layer": exit_layer, "target": target, "autoregressive_token_ms": autoregressive["round_ms"],
+            "autoregressive_loop_efficiency": autoregressive["loop_efficiency"],
             "identical_to_autoregressive": all(row["identical_to_autoregressive"] for row in rows.values()),
             "rows": rows}
 
@@ -300,7 +371,7 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
             if names[0] not in summary:
                 continue
             label = f"d={d}" + (f", c={c:g}" if c else "")
-            line, = ax1.plot(exit_layers, [summary[n]["speedup"] for n in names], marker="o",
+            line, = ax1.plot(exit_layers, [summary[n]["decode_speedup"] for n in names], marker="o",
                              linestyle="-" if not c else ":", label=label)
             if not c:
                 ax1.plot(exit_layers, [summary[n]["analytic_bound"] for n in names], linestyle="--", alpha=0.4,
@@ -308,7 +379,7 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
             ax2.plot(exit_layers, [summary[n]["acceptance_rate"] for n in names], marker="o",
                      linestyle=line.get_linestyle(), color=line.get_color(), label=label)
     ax1.axhline(1.0, color="grey", label="autoregressive")
-    ax3.plot(exit_layers, [summary[f"early_exit E={e}"]["speedup"] for e in exit_layers], "k--", marker="x")
+    ax3.plot(exit_layers, [summary[f"early_exit E={e}"]["decode_speedup"] for e in exit_layers], "k--", marker="x")
     ax3.axhline(1.0, color="grey")
     ax1.set(xlabel="exit layer E", ylabel="speedup over autoregressive (median over prompts)",
             title="Self-speculative (exact); dashed: cost-model bound")
@@ -319,11 +390,13 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
     exit_layer, grid = roof["exit_layer"], np.linspace(0.5, 1.0, 101)
     for name, row in roof["rows"].items():
         d = row["num_speculations"]
-        scale = row["speedup"] / row["tokens_per_round"]
-        line, = ax4.plot(grid, [tokens_per_round(a, d) * scale for a in grid], label=f"d={d}")
+        scale = row["decode_speedup"] / row["tokens_per_round"]
+        label = f"d={d}" + (f" K={row['draft_vocab']}" if row["draft_vocab"] else "")
+        line, = ax4.plot(grid, [tokens_per_round(a, d) * scale for a in grid], label=label,
+                         linestyle=":" if row["draft_vocab"] else "-")
         model_row = summary.get(name)
         if model_row is not None:  # the model's own point at this (E, d), without a confidence threshold
-            ax4.plot(acceptance_for(model_row["tokens_per_round"], d), model_row["speedup"], "o",
+            ax4.plot(acceptance_for(model_row["tokens_per_round"], d), model_row["decode_speedup"], "o",
                      color=line.get_color())
     ax4.axhline(roof["target"], color="grey", linestyle="--", label=f"{roof['target']:g}x")
     ax4.axhline(1.0, color="grey")
@@ -338,7 +411,7 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
 
 def main(argv=None):
     args = parse_args(argv)
-    config, params, tok = checkpoints.load_model(args.checkpoint)
+    config, params, tok = checkpoints.load_model(args.checkpoint, dtype=args.dtype)
     exit_layers = args.exit_layers or list(range(1, config.num_layers // 2 + 1))
     texts = list(prompts.humaneval_problems().values())[:args.num_prompts]
     options = {"autoregressive": {"strategy": "autoregressive"}}
@@ -351,32 +424,40 @@ def main(argv=None):
     longest_draft = decoding.Settings(strategy="self_speculative", num_speculations=max(all_ds),
                                       output_size=args.max_new_tokens)
     cache_length = decoding.cache_length(longest_draft, encode_prompts(tok, texts[:1]).tokens.shape[1])
-    costs = pass_costs(config, params, exit_layers, all_ds, cache_length)
-    print("pass costs (ms, cached, with the head): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
-    summary = summarise(sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config, costs)
-    print(f"{'configuration':38s} {'tok/s':>8s} {'speedup':>8s} {'accept':>7s} {'bound':>6s} {'effic.':>6s} "
-          f"{'costs':>6s} {'effic.':>6s} exact")
+    ranking = draft_vocab.for_checkpoint(args.checkpoint, tok) if args.ceiling_draft_vocabs else None
+    cost_exits = sorted(set(exit_layers) | set(args.ceiling_exit_layers or []))
+    costs = pass_costs(config, params, cost_exits, all_ds, cache_length, args.ceiling_draft_vocabs, ranking)
+    print("pass costs (ms, cached): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
+    summary = summarise(*sweep(config, params, tok, texts, options, args.max_new_tokens, args.repeats), config, costs)
+    print(f"{'configuration':38s} {'tok/s':>8s} {'speedup':>8s} {'loop':>6s} {'round':>8s} {'loop':>6s} "
+          f"{'accept':>7s} {'bound':>6s} {'effic.':>6s} {'costs':>6s} {'effic.':>6s} exact")
+    print(f"{'':38s} {'':>8s} {'':>8s} {'speedup':>6s} {'ms':>8s} {'effic.':>6s}")
     for name, row in summary.items():
         extra = (f"{row['acceptance_rate']:7.3f} {row['analytic_bound']:6.2f} {row['efficiency']:6.2f} "
                  f"{row['cost_bound']:6.2f} {row['cost_efficiency']:6.2f}" if "efficiency" in row else " " * 35)
-        print(f"{name:38s} {row['tokens_per_second']:8.1f} {row['speedup']:7.2f}x {extra} "
-              f"{row['identical_to_autoregressive']}")
+        loop = f"{row['loop_efficiency']:6.2f}" if "loop_efficiency" in row else " " * 6
+        print(f"{name:38s} {row['tokens_per_second']:8.1f} {row['speedup']:7.2f}x {row['decode_speedup']:5.2f}x "
+              f"{row['round_ms']:8.2f} {loop} {extra} {row['identical_to_autoregressive']}")
     speculative = {n: r for n, r in summary.items() if r["strategy"] == "self_speculative"}
     best_name = max(speculative, key=lambda n: speculative[n]["speedup"])
     best = {"strategy": "self_speculative", **{k: speculative[best_name][k]
                                                for k in ("exit_layer", "num_speculations", "confidence")}}
     print(f"best: {best_name}: speedup {speculative[best_name]['speedup']:.2f}x, "
           f"efficiency {speculative[best_name]['efficiency']:.2f}")
-    ranking = draft_vocab.for_checkpoint(args.checkpoint, tok) if args.ceiling_draft_vocabs else None
-    roof = ceiling(config, params, tok, texts, best["exit_layer"], args.ceiling_speculations, costs,
-                   args.max_new_tokens, args.repeats, args.target, args.ceiling_draft_vocabs, ranking)
-    print(f"ceiling (layers >= {roof['exit_layer']} silenced: every draft accepted; autoregressive "
-          f"{roof['autoregressive_token_ms']:.3f} ms/token; outputs identical: {roof['identical_to_autoregressive']}):")
-    for name, row in roof["rows"].items():
-        needed = row["acceptance_for_target"]
-        print(f"  {name:30s} speedup {row['speedup']:5.2f}x  tokens/round {row['tokens_per_round']:5.2f}  "
-              f"bound {row['analytic_bound']:5.2f}  efficiency {row['efficiency']:5.2f}  round {row['round_ms']:6.3f} ms  "
-              f"{args.target:g}x needs per-token acceptance " + (f"{needed:.3f}" if needed is not None else "> 1"))
+    roofs = [ceiling(config, params, tok, texts, e, args.ceiling_speculations, costs, args.max_new_tokens,
+                     args.repeats, args.target, args.ceiling_draft_vocabs, ranking)
+             for e in args.ceiling_exit_layers or [best["exit_layer"]]]
+    for roof in roofs:
+        print(f"ceiling (layers >= {roof['exit_layer']} silenced: every draft accepted; autoregressive "
+              f"{roof['autoregressive_token_ms']:.3f} ms/token, loop efficiency "
+              f"{roof['autoregressive_loop_efficiency']:.2f}; outputs identical: {roof['identical_to_autoregressive']}):")
+        for name, row in roof["rows"].items():
+            needed = row["acceptance_for_target"]
+            print(f"  {name:36s} loop speedup {row['decode_speedup']:5.2f}x (with prefill {row['speedup']:5.2f}x)  "
+                  f"tokens/round {row['tokens_per_round']:5.2f}  bound {row['analytic_bound']:5.2f}  costs "
+                  f"{row['cost_bound']:5.2f}  round {row['round_ms']:7.3f} ms  loop efficiency "
+                  f"{row['loop_efficiency']:5.2f}  {args.target:g}x needs per-token acceptance "
+                  + (f"{needed:.3f}" if needed is not None else "> 1"))
     by_batch = batched(config, params, tok, texts, best, args.batch_sizes, args.max_new_tokens)
     streaming = streaming_overhead(config, params, tok, texts[:3], best, args.max_new_tokens)
     print(f"streaming: {streaming['streamed_seconds']:.3f} s against {streaming['one_call_seconds']:.3f} s in one "
@@ -388,11 +469,13 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(args.checkpoint), "device": jax.devices()[0].device_kind,
               "num_prompts": len(texts), "max_new_tokens": args.max_new_tokens, "num_layers": config.num_layers,
-              "pass_costs_ms": costs, "summary": summary, "best": best_name, "ceiling": roof, "batch_sizes": by_batch,
+              "dtype": config.dtype, "pass_costs_ms": costs, "summary": summary, "best": best_name,
+              "ceilings": roofs, "batch_sizes": by_batch,
               "memory_bytes": footprint,
               "streaming": streaming}
     (args.out / "decode.json").write_text(json.dumps(result, indent=2))
-    plot(summary, exit_layers, args.num_speculations, args.confidences, roof, args.out / "decode.png")
+    best_roof = next((r for r in roofs if r["exit_layer"] == best["exit_layer"]), roofs[0])
+    plot(summary, exit_layers, args.num_speculations, args.confidences, best_roof, args.out / "decode.png")
     print(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.png'}")
 
 

@@ -28,6 +28,7 @@ def get_config():
         # early-exit loss
         p_max=0.1, layer_dropout_scale="exp", layer_dropout_time_scale="constant",
         e_scale=0.2, exit_scale_shape="sum_l", curriculum="rotational", rotation=8, self_distill_beta=0.0,
+        exits=(),  # curriculum "fixed": the exits after layers [0, E) for each E here (and the last), every step
         loss_chunk_size=2048,
         # objective: layerskip (the recipe) | free (docs/algorithms.md, FREE: (S CE_S + L CE_L) / (S + L)
         # + free_alpha KD, exit S = free_exit_layer or L/4, KD layer mapping uniform | last | dynamic)

@@ -7,11 +7,12 @@ an accelerator.
     python train.py --config configs/smollm2_continual.py:drafting --workdir workdirs/smollm2_draft
 
 The default is the paper's continual recipe (p_max 0.1, e_scale 0.2, rotational curriculum over R = 8
-exit groups). `:drafting` trains for self-speculative drafting instead: full-weight exits (equal weights,
-e_scale 1) with self-distillation from the last layer, which raises the shallow exits' agreement with the
-last layer fastest (the embedded model's stages 2-4 did the same). It keeps the rotational curriculum: with a
-49k vocabulary every exit's head costs a sixth of the whole model's step, so all 30 exits every step would
-make a step 6x as expensive. Both rematerialise the layers (a CPU has the memory of one accelerator).
+exit groups). `:drafting` trains for self-speculative drafting at one depth instead: the exit after layer 8
+(`decode.py --exit-layer 8`) and the last, at every step with equal weights, with self-distillation from the
+last layer, which raises that exit's agreement with the last layer fastest (the embedded model's stages 2-4
+did the same over all exits). Under the rotational curriculum exit 8 would learn at one step in eight, and
+with a 49k vocabulary every exit's head costs a sixth of the whole model's step, so all 30 exits every step
+would make a step 6x as expensive. Both rematerialise the layers (a CPU has the memory of one accelerator).
 """
 
 from configs import base
@@ -30,5 +31,6 @@ def get_config(variant: str = "paper"):
                      layer_dropout_time_scale="constant", loss_chunk_size=512, log_every=5, eval_every=50,
                      eval_batches=4, checkpoint_every=25, keep_checkpoints=2)
     if variant == "drafting":
-        cfg.train.update(e_scale=1.0, exit_scale_shape="one", self_distill_beta=1.0)
+        cfg.train.update(e_scale=1.0, exit_scale_shape="one", self_distill_beta=1.0, curriculum="fixed", exits=(8,),
+                         learning_rate=1e-4, eval_every=25)
     return cfg

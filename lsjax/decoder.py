@@ -244,18 +244,22 @@ class Decoder:
         """KV-cache slots per row for prompts padded to `prompt_width`."""
         return decoding.cache_length(self.settings, prompt_width)
 
-    def _inputs(self, batch: PromptBatch) -> LoopInputs:
+    def _inputs(self, batch: PromptBatch, max_new_tokens: int | None = None) -> LoopInputs:
         """The loop's traced arguments for one call of `generate` or `stream`, after checking that the prompts
         and max_new_tokens fit the model's positions (before anything compiles: a batch need not come from
-        `encode`)."""
-        check_fits(self.config, batch, self.options.max_new_tokens)
+        `encode`). max_new_tokens: this call's budget, at most the options' (default: theirs)."""
+        budget = self.options.max_new_tokens if max_new_tokens is None else max_new_tokens
+        _require(isinstance(budget, int) and 1 <= budget <= self.options.max_new_tokens,
+                 f"max_new_tokens={budget!r}: expected an integer in [1, {self.options.max_new_tokens}] "
+                 "(the decoder's Options.max_new_tokens)")
+        check_fits(self.config, batch, budget)
         if self.adaptive is not None:  # refitted between batches; a traced value, so nothing recompiles
             self.knobs = self.knobs._replace(threshold=jnp.float32(self.adaptive.threshold()))
         tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
         if self.mesh is not None:
             tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
             lengths = jax.device_put(lengths, sharding.batch_sharding(self.mesh, lengths.shape))
-        return LoopInputs(prompt_tokens=tokens, prompt_lengths=lengths, max_new_tokens=self.options.max_new_tokens,
+        return LoopInputs(prompt_tokens=tokens, prompt_lengths=lengths, max_new_tokens=budget,
                           key=jax.random.key(self.options.seed), knobs=self.knobs)
 
     def _run(self, compiled, inputs: LoopInputs) -> decoding.Output:
@@ -277,9 +281,11 @@ class Decoder:
                 self._compiled[key] = lowered.compile()
         return self._compiled[key]
 
-    def generate(self, batch: PromptBatch) -> DecodeResult:
-        """Decodes a batch (`encode`); the time excludes compilation. Returns per-row outputs and statistics."""
-        inputs = self._inputs(batch)
+    def generate(self, batch: PromptBatch, max_new_tokens: int | None = None) -> DecodeResult:
+        """Decodes a batch (`encode`); the time excludes compilation. Returns per-row outputs and statistics.
+        max_new_tokens: fewer tokens than the options' for this call, in the same compiled loop (a traced
+        budget: nothing recompiles)."""
+        inputs = self._inputs(batch, max_new_tokens)
         compiled = self.compiled(batch, inputs=inputs)
         start = time.perf_counter()
         out = jax.block_until_ready(self._run(compiled, inputs))

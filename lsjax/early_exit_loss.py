@@ -21,7 +21,7 @@ from jax import lax
 from lsjax import model
 from lsjax.config import LlamaConfig
 
-CURRICULA = ("none", "rotational", "gradual")
+CURRICULA = ("none", "rotational", "gradual", "fixed")
 
 
 # f(l), the growth of e(l) over depth. "sum_l" is the paper's (docs/algorithms.md, per-layer scales); the
@@ -47,12 +47,18 @@ def exit_scales(num_layers: int, e_scale: float, shape: str = "sum_l") -> np.nda
     return scales.astype(np.float32)
 
 
-def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation: int = 1) -> jax.Array:
-    """C(t, l) as bool [L] (traceable in step); the last layer is always enabled."""
+def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation: int = 1,
+                    exits: tuple[int, ...] = ()) -> jax.Array:
+    """C(t, l) as bool [L] (traceable in step); the last layer is always enabled.
+
+    "fixed" enables, at every step, the exits after the first E layers for each E in `exits` (layer E - 1,
+    the exit `decode.py --exit-layer E` drafts from): training for one drafting depth rather than all."""
     layers = jnp.arange(num_layers)
     last = layers == num_layers - 1
     if kind == "none":
         return jnp.ones((num_layers,), bool)
+    if kind == "fixed":
+        return jnp.isin(layers + 1, jnp.asarray(exits, jnp.int32)) | last
     if kind == "rotational":
         return ((layers - step) % rotation == 0) | last
     if kind == "gradual":  # layer l joins once 2t/T >= (L - l)/L: one every T/(2L) steps, all on at T/2
@@ -61,13 +67,17 @@ def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation
     raise ValueError(f"early-exit curriculum {kind!r}: expected one of {list(CURRICULA)}")
 
 
-def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float = 1.0, shape: str = "sum_l") -> int:
+def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float = 1.0, shape: str = "sum_l",
+                 exits: tuple[int, ...] = ()) -> int:
     """K, the static number of weighted layers a curriculum can have at any step.
 
     Layers with e(l) = 0 (layer 0 under "sum_l", every exit when e_scale = 0) never need a slot; with
     e_scale = 0 the loss is plain language modelling at the cost of a single unembedding.
     """
-    weighted = int(np.count_nonzero(exit_scales(num_layers, e_scale, shape)))
+    scales = exit_scales(num_layers, e_scale, shape)
+    weighted = int(np.count_nonzero(scales))
+    if kind == "fixed":
+        return int(np.count_nonzero(scales[sorted({e - 1 for e in exits} | {num_layers - 1})]))
     if kind == "rotational":
         return min(weighted, math.ceil(num_layers / rotation) + 1)
     return weighted
@@ -79,11 +89,11 @@ class Selection(NamedTuple):
 
 
 def select_layers(kind: str, num_layers: int, step, total_steps: int, e_scale: float, rotation: int = 1,
-                  shape: str = "sum_l") -> Selection:
-    enabled = curriculum_mask(kind, num_layers, step, total_steps, rotation)
+                  shape: str = "sum_l", exits: tuple[int, ...] = ()) -> Selection:
+    enabled = curriculum_mask(kind, num_layers, step, total_steps, rotation, exits)
     scales = jnp.where(enabled, jnp.asarray(exit_scales(num_layers, e_scale, shape)), 0.0)
     normalised = scales / jnp.sum(scales)
-    k = num_selected(kind, num_layers, rotation, e_scale, shape)
+    k = num_selected(kind, num_layers, rotation, e_scale, shape, exits)
     (layers,) = jnp.nonzero(scales > 0, size=k, fill_value=num_layers - 1)
     used = jnp.arange(k) < jnp.sum(scales > 0)
     return Selection(layers.astype(jnp.int32), jnp.where(used, normalised[layers], 0.0))

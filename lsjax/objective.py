@@ -34,6 +34,7 @@ class Recipe(NamedTuple):
     free_exit_layer: int = 0  # S of the free objective; 0: a quarter of the layers
     free_alpha: float = shallow_deep.ALPHA
     free_mapping: str = "dynamic"  # uniform | last | dynamic
+    exits: tuple[int, ...] = ()  # the "fixed" curriculum's exits E (after layers [0, E))
 
     @classmethod
     def from_config(cls, train_cfg) -> Recipe:
@@ -42,7 +43,7 @@ class Recipe(NamedTuple):
                    float(train_cfg.self_distill_beta), int(train_cfg.steps), int(train_cfg.seed),
                    int(train_cfg.loss_chunk_size), train_cfg.get("objective", "layerskip"),
                    int(train_cfg.get("free_exit_layer", 0)), float(train_cfg.get("free_alpha", shallow_deep.ALPHA)),
-                   train_cfg.get("free_mapping", "dynamic"))
+                   train_cfg.get("free_mapping", "dynamic"), tuple(int(e) for e in train_cfg.get("exits", ())))
 
 
 # Held-out evaluation unembeds this many exits at a time (with every exit's logits of a chunk at once, a
@@ -75,7 +76,7 @@ def layerskip_loss(config: LlamaConfig, recipe: Recipe, params, batch, step):
                                                recipe.free_alpha, recipe.free_mapping, recipe.loss_chunk_size)
         return value, (out, layers)
     selection = early_exit_loss.select_layers(recipe.curriculum, config.num_layers, step, recipe.total_steps,
-                                              recipe.e_scale, recipe.rotation, recipe.exit_scale_shape)
+                                              recipe.e_scale, recipe.rotation, recipe.exit_scale_shape, recipe.exits)
     out = early_exit_loss.early_exit_loss(config, params, hidden, batch["targets"], selection,
                                           loss_mask=batch["loss_mask"], beta=recipe.self_distill_beta,
                                           chunk_size=recipe.loss_chunk_size)

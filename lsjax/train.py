@@ -330,6 +330,7 @@ def _set_up(settings: TrainSettings, mesh, workdir: Path) -> Setup:
     tok = _tokenizer(settings, workdir)
     config = checkpoints.model_config(settings.model, tok)
     if settings.model.init_from:  # (a model from the config's own keys was checked by validate_train_config)
+        train_config.check_layer_keys(settings.recipe.free_exit_layer, settings.recipe.exits, config)
         train_config.check_train_memory(config)
     batches = data.make_batches(train_source, tok, seq_len=seq_len, global_batch_size=run.batch_size, seed=run.seed,
                                 shuffle_window=settings.data.shuffle_window, **_processes())

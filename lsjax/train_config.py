@@ -236,6 +236,14 @@ class TrainSettings:
                    run=RunSettings.from_config(cfg), export=ExportSettings.from_config(cfg))
 
 
+def check_layer_keys(free_exit_layer: int, exits: tuple[int, ...], config: LlamaConfig) -> None:
+    """The keys that name layers must name layers of the model (its config read, for an init_from model)."""
+    _check(free_exit_layer < config.num_layers, "train.free_exit_layer", free_exit_layer,
+           f"below model.num_layers={config.num_layers}")
+    _check(all(e <= config.num_layers for e in exits), "train.exits", exits,
+           f"exit layers E in [1, {config.num_layers}] (the exit after layers [0, E))")
+
+
 def check_train_memory(config: LlamaConfig) -> None:
     """The params, their gradients and two Adam moments must fit in this process's devices before anything is
     allocated: a model too large for the machine is then one line, not an abort in XLA or a swap storm."""
@@ -279,6 +287,10 @@ def validate_train_config(cfg) -> None:
     _check(t.curriculum in early_exit_loss.CURRICULA, "train.curriculum", t.curriculum,
            f"one of {list(early_exit_loss.CURRICULA)}")
     _check(isinstance(t.rotation, int) and t.rotation >= 1, "train.rotation", t.rotation, "an integer R >= 1")
+    exits = tuple(t.exits)
+    _check(all(isinstance(e, int) and e >= 1 for e in exits), "train.exits", exits,
+           "exit layers E >= 1 (the exit after layers [0, E))")
+    _check(t.curriculum != "fixed" or exits, "train.exits", exits, "at least one E with train.curriculum=fixed")
     for key in ("steps", "batch_size", "grad_accum", "loss_chunk_size", "log_every", "eval_every",
                 "eval_batches", "checkpoint_every", "keep_checkpoints"):
         value = t[key]
@@ -316,8 +328,7 @@ def validate_train_config(cfg) -> None:
            f"one of {list(DTYPES)} (or empty: model.param_dtype)")
     if not cfg.init_from:
         config = model_config_from(cfg)
-        _check(t.free_exit_layer < config.num_layers, "train.free_exit_layer", t.free_exit_layer,
-               f"below model.num_layers={config.num_layers}")
+        check_layer_keys(t.free_exit_layer, exits, config)
         _check(d.seq_len <= config.max_position_embeddings, "data.seq_len", d.seq_len,
                f"at most model.max_position_embeddings={config.max_position_embeddings}")
         check_train_memory(config)  # (an init_from model is checked once its config is read)

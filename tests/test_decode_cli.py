@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lsjax import checkpoints, decoding, hf, model, tokenizer
+from lsjax import checkpoints, decoding, draft_vocab, hf, model, tokenizer
 from lsjax.decoder import Decoder, Options, encode_prompts
+from lsjax.errors import InputError
 
 from tests.random_model import random_model
 
@@ -190,6 +191,22 @@ def test_a_new_prompt_in_the_same_bucket_does_not_recompile(checkpoint):
     assert result.outputs[0].new_tokens == 8
 
 
+def test_a_smaller_budget_for_one_call_reuses_the_loop_and_cuts_the_same_tokens(checkpoint):
+    """generate(batch, max_new_tokens=n): the first n tokens of the full decode, from the same compiled loop
+    (the budget is traced); a budget outside [1, Options.max_new_tokens] is one clear error."""
+    config, params = hf.load(checkpoint)
+    tok = tokenizer.load(checkpoint)
+    decoder = Decoder(config.replace(eos_token_ids=()), params, tok, Options(max_new_tokens=12, exit_layer=2))
+    batch = decoder.encode(["def f(x):"])
+    full = decoder.generate(batch).outputs[0].token_ids
+    for n in (1, 5):
+        assert decoder.generate(batch, max_new_tokens=n).outputs[0].token_ids == full[:n]
+    assert len(decoder._compiled) == 1
+    for bad in (0, 13):
+        with pytest.raises(InputError, match=rf"max_new_tokens={bad}: expected an integer in \[1, 12\]"):
+            decoder.generate(batch, max_new_tokens=bad)
+
+
 @pytest.fixture(scope="module")
 def bench():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
@@ -212,6 +229,21 @@ def test_silenced_deep_layers_make_the_full_model_predict_what_layer_e_does(benc
         assert not np.array_equal(model.logits(config, params, tokens), model.unembed(config, params, x))
 
 
+def test_confined_head_keeps_every_greedy_choice_in_the_subset(bench):
+    """The ceiling's weights for a draft vocabulary: outside the K ids the head scores 0, so the full model's
+    greedy token is one of the K whenever the best of them scores above 0."""
+    config, params, _ = random_model()
+    ids = jnp.arange(0, config.vocab_size, 3)
+    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, config.vocab_size)
+    logits = model.logits(config, bench.confine_head(config, params, ids), tokens)
+    outside = np.ones(config.vocab_size, bool)
+    outside[np.asarray(ids)] = False
+    np.testing.assert_array_equal(np.asarray(logits)[..., outside], 0)
+    positive = np.asarray(jnp.max(logits[..., ids], axis=-1)) > 0
+    assert positive.mean() > 0.9
+    assert np.isin(np.asarray(jnp.argmax(logits, axis=-1))[positive], np.asarray(ids)).all()
+
+
 @settings(deadline=None, max_examples=50)
 @given(acceptance=st.floats(0.0, 1.0), d=st.integers(1, 8))
 def test_acceptance_for_inverts_spec_tokens_per_round(bench, acceptance, d):
@@ -226,10 +258,11 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(bench, tm
     config, params, tok = random_model()
     directory = tmp_path / "ckpt"
     hf.save(directory, config.replace(max_position_embeddings=1024), params, tokenizer=tok)
+    draft_vocab.save(directory, np.arange(config.vocab_size)[::-1], source="test")
     bench.main(["--checkpoint", str(directory), "--num-prompts", "2", "--max-new-tokens", "8", "--exit-layers", "1,2",
                 "--num-speculations", "1,3", "--confidences", "0,0.5", "--ceiling-speculations", "1,2",
-                "--batch-sizes", "1,2", "--repeats", "1",
-                "--out", str(tmp_path)])
+                "--ceiling-exit-layers", "1,2", "--ceiling-draft-vocabs", "40", "--batch-sizes", "1,2",
+                "--repeats", "1", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "decode.json").read_text())
     speculative = {k: v for k, v in result["summary"].items() if v["strategy"] == "self_speculative"}
     assert sorted(speculative) == sorted(f"self_speculative E={e} {dc}" for e in (1, 2)
@@ -237,21 +270,29 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(bench, tm
     assert all(row["identical_to_autoregressive"] for row in speculative.values())
     for row in speculative.values():
         assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["drafts_per_round"] <= row["num_speculations"]
-        assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
-        assert row["cost_efficiency"] == pytest.approx(row["speedup"] / row["cost_bound"])
-    assert sorted(result["pass_costs_ms"]) == sorted(["full", "draft E=1", "draft E=2"] + [
-        f"verify E={e} d={d}" for e in (1, 2) for d in (1, 2, 3)])
+        assert row["efficiency"] == pytest.approx(row["decode_speedup"] / row["analytic_bound"])
+        assert row["cost_efficiency"] == pytest.approx(row["decode_speedup"] / row["cost_bound"])
+    assert all("loop_efficiency" in row and "round_ms" in row for name, row in result["summary"].items()
+               if not name.startswith("early_exit"))
+    assert sorted(result["pass_costs_ms"]) == sorted(
+        ["full"] + [f"{kind} E={e}" for kind in ("draft", "shallow") for e in (1, 2)]
+        + [f"draft E={e} K=40" for e in (1, 2)] + [f"verify E={e} d={d}" for e in (1, 2) for d in (1, 2, 3)])
     assert all(ms > 0 for ms in result["pass_costs_ms"].values())
-    # A round of 2 drafts: 3 shallow passes of 0.25 and a verification of 1.0 full steps yield 2.5 tokens.
-    costs = {"full": 2.0, "draft E=2": 0.5, "verify E=2 d=2": 2.0}
-    assert bench.cost_bound(2.5, 2.0, costs, 2, 2) == pytest.approx(2.5 / 1.75)
-    roof = result["ceiling"]
-    assert roof["exit_layer"] == result["summary"][result["best"]]["exit_layer"] and roof["identical_to_autoregressive"]
-    assert sorted(row["num_speculations"] for row in roof["rows"].values()) == [1, 2]
-    for row in roof["rows"].values():  # every draft accepted, but for what the budget or an end of sequence
-        # cuts from a decode's last round (at most d - 1 drafts, one decode per prompt)
-        assert 0 <= row["drafted"] - row["accepted"] <= 2 * (row["num_speculations"] - 1) and row["round_ms"] > 0
-        assert row["efficiency"] == pytest.approx(row["speedup"] / row["analytic_bound"])
+    # A round of 2 drafts: 2 draft passes of 0.25, a headless shallow pass of 0.125 and a verification of 1.0
+    # full steps yield 2.5 tokens; with a cheaper draft head the same round costs less.
+    costs = {"full": 2.0, "draft E=2": 0.5, "draft E=2 K=4": 0.3, "shallow E=2": 0.25, "verify E=2 d=2": 2.0}
+    assert bench.cost_bound(2.5, 2.0, costs, 2, 2) == pytest.approx(2.5 * 2.0 / 3.25)
+    assert bench.cost_bound(2.5, 2.0, costs, 2, 2, draft_vocab=4) == pytest.approx(2.5 * 2.0 / 2.85)
+    assert [roof["exit_layer"] for roof in result["ceilings"]] == [1, 2]
+    for roof in result["ceilings"]:
+        assert roof["identical_to_autoregressive"]
+        assert sorted((row["num_speculations"], row["draft_vocab"]) for row in roof["rows"].values()) == [
+            (1, 0), (1, 40), (2, 0), (2, 40)]
+        for row in roof["rows"].values():  # every draft accepted (the K rows too: the head is confined to
+            # them), but for what the budget or an end of sequence cuts from a decode's last round (at most
+            # d - 1 drafts, one decode per prompt)
+            assert 0 <= row["drafted"] - row["accepted"] <= 2 * (row["num_speculations"] - 1) and row["round_ms"] > 0
+            assert row["efficiency"] == pytest.approx(row["decode_speedup"] / row["analytic_bound"])
     assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
     assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out
 
@@ -290,7 +331,6 @@ def test_draft_vocab_ranking_orders_tokens_by_frequency():
 
 def test_the_library_checks_that_prompts_fit_before_compiling(checkpoint):
     """generate and stream take any PromptBatch (not only Decoder.encode's), so each checks the fit itself."""
-    from lsjax.errors import InputError
     config, params, tok = checkpoints.load_model(checkpoint)
     decoder = Decoder(config, params, tok, Options(strategy="autoregressive", max_new_tokens=8))
     batch = encode_prompts(tok, ["x" * 400])

@@ -89,6 +89,19 @@ def test_gradual_curriculum_equals_hand_computed(step, enabled):
     np.testing.assert_array_equal(ee.curriculum_mask("gradual", 4, step, 80), np.asarray(enabled, bool))
 
 
+@pytest.mark.parametrize("step", [0, 3, 57])
+def test_fixed_curriculum_trains_the_named_exits_and_the_last_at_every_step(step):
+    # L = 7, exits E = 2 and 5: layers 1 and 4 (the exits after layers [0, 2) and [0, 5)) and the last, equal
+    # weights under the "one" shape (the last layer's e is L - 1 + 1 = 7 there)
+    np.testing.assert_array_equal(ee.curriculum_mask("fixed", 7, step, 100, exits=(2, 5)),
+                                  np.asarray([0, 1, 0, 0, 1, 0, 1], bool))
+    sel = ee.select_layers("fixed", 7, step=step, total_steps=100, e_scale=1.0, shape="one", exits=(2, 5))
+    np.testing.assert_array_equal(sel.layers, [1, 4, 6])
+    np.testing.assert_allclose(sel.weights, [1 / 9, 1 / 9, 7 / 9], atol=1e-6)
+    assert ee.num_selected("fixed", 7, e_scale=1.0, shape="one", exits=(5, 2, 5)) == 3
+    assert ee.num_selected("fixed", 7, e_scale=1.0, shape="one", exits=(7,)) == 1  # the last layer itself
+
+
 def test_unknown_curriculum():
     with pytest.raises(ValueError, match="'zigzag'"):
         ee.curriculum_mask("zigzag", 4, 0, 10)

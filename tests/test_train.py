@@ -213,6 +213,8 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path, data_dir):
     ("train.warmup_steps", -1, "train.warmup_steps=-1"),
     ("train.seed", 2 ** 32, "train.seed=4294967296"),
     ("model.max_position_embeddings", 0, "model.max_position_embeddings=0"),
+    ("train.exits", (0,), "train.exits=(0,)"),
+    ("train.exits", (2, 99), "train.exits=(2, 99)"),
 ])
 def test_bad_config_values_are_one_line_errors(key, value, needle):
     cfg = tiny_config()
@@ -221,6 +223,15 @@ def test_bad_config_values_are_one_line_errors(key, value, needle):
     with pytest.raises(ConfigError) as err:
         train_config.validate_train_config(cfg)
     assert needle in str(err.value) and "expected" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_fixed_curriculum_needs_its_exits():
+    cfg = tiny_config()
+    cfg.train.curriculum = "fixed"
+    with pytest.raises(ConfigError, match=r"train.exits=\(\): expected at least one E"):
+        train_config.validate_train_config(cfg)
+    cfg.train.exits = (2,)
+    train_config.validate_train_config(cfg)
 
 
 @pytest.mark.parametrize("hidden_size", [20000, 1_000_000_000])
