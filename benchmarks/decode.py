@@ -21,7 +21,7 @@ vocabulary K, the head is also confined to the K tokens (`confine_head`). It giv
 acceptance is no limit, each d's round time, and the per-token acceptance a model would need for --target (the
 ceiling's loop speedup scaled by the cost model's tokens per round, (1 - a^(d+1)) / (1 - a), over the d + 1 it
 had). Then the best setting at batch sizes 1, 4 and 16, the cost of streaming it, and XLA's memory footprint of
-both loops. Writes decode.json and decode.png under --out.
+both loops. Writes decode.json, decode.png and ceilings.png under --out.
 """
 
 from __future__ import annotations
@@ -409,6 +409,26 @@ def plot(summary, exit_layers, ds, confidences, roof: dict, path: Path):
     plt.close(fig)
 
 
+def plot_ceilings(roofs, path: Path):
+    """The loop speedup of every ceiling by d: a line per (E, draft vocabulary), dotted with a reduced one."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for color, roof in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, roofs):
+        by_vocab = {}
+        for row in roof["rows"].values():
+            by_vocab.setdefault(row["draft_vocab"], []).append((row["num_speculations"], row["decode_speedup"]))
+        for k, points in by_vocab.items():
+            ds, speedups = zip(*sorted(points))
+            ax.plot(ds, speedups, marker="o", linestyle=":" if k else "-", color=color,
+                    label=f"E={roof['exit_layer']}" + (f", K={k}" if k else ", full head"))
+    ax.axhline(1.0, color="grey")
+    ax.set(xlabel="drafts per round d", ylabel="loop speedup over autoregressive (prefill out)",
+           title="The ceiling: every draft accepted")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     args = parse_args(argv)
     config, params, tok = checkpoints.load_model(args.checkpoint, dtype=args.dtype)
@@ -476,7 +496,8 @@ def main(argv=None):
     (args.out / "decode.json").write_text(json.dumps(result, indent=2))
     best_roof = next((r for r in roofs if r["exit_layer"] == best["exit_layer"]), roofs[0])
     plot(summary, exit_layers, args.num_speculations, args.confidences, best_roof, args.out / "decode.png")
-    print(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.png'}")
+    plot_ceilings(roofs, args.out / "ceilings.png")
+    print(f"wrote {args.out / 'decode.json'}, {args.out / 'decode.png'} and {args.out / 'ceilings.png'}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """lsjax against transformers on the same weights, prompts and cores: greedy tokens/s at batch 1.
 
-    python benchmarks/peers.py [--checkpoint GGUF_OR_DIR] [--num-prompts 5] [--max-new-tokens 64]
+    python benchmarks/peers.py [--checkpoint GGUF_HF_DIR_OR_WORKDIR] [--num-prompts 5] [--max-new-tokens 64]
                                [--exit-layer 8] [--num-speculations 4] [--draft-vocabs 0,4096]
                                [--out benchmarks/results/peers_smollm2]
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ xla_cpu.configure()
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from lsjax import checkpoints, draft_vocab, gguf_checkpoint, prompts  # noqa: E402
+from lsjax import checkpoints, draft_vocab, gguf_checkpoint, hf, prompts  # noqa: E402
 from lsjax.decoder import Decoder, Options, encode_prompts  # noqa: E402
 
 
@@ -45,10 +46,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def transformers_model(checkpoint: Path):
+def transformers_model(checkpoint: Path, config, params, tok, scratch: Path):
+    """transformers' model of the same weights: its own GGUF reader for a .gguf, the directory for an HF
+    checkpoint, and for a training workdir the params written in HF format under `scratch`."""
     if checkpoint.suffix == ".gguf":
         return transformers.AutoModelForCausalLM.from_pretrained(checkpoint.parent, gguf_file=checkpoint.name,
                                                                  dtype=torch.float32).eval()
+    if checkpoints.kind_of(checkpoint) == "workdir":
+        hf.save(scratch, config, params, tokenizer=tok)
+        checkpoint = scratch
     return transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
@@ -74,7 +80,8 @@ def main(argv=None) -> None:
     checkpoint = args.checkpoint or gguf_checkpoint.smollm2_path()
     torch.set_num_threads(2)
     config, params, tok = checkpoints.load_model(checkpoint)
-    hf_model = transformers_model(checkpoint)
+    with tempfile.TemporaryDirectory() as scratch:
+        hf_model = transformers_model(checkpoint, config, params, tok, Path(scratch))
     texts = list(prompts.humaneval_problems().values())[:args.num_prompts]
     no_eos = dict(eos_token_ids=())  # every method generates exactly max_new_tokens
     draft_vocabs = [int(k) for k in args.draft_vocabs.split(",")]

@@ -294,7 +294,8 @@ def test_benchmark_sweeps_checks_every_output_and_writes_json_and_plot(bench, tm
             assert 0 <= row["drafted"] - row["accepted"] <= 2 * (row["num_speculations"] - 1) and row["round_ms"] > 0
             assert row["efficiency"] == pytest.approx(row["decode_speedup"] / row["analytic_bound"])
     assert [row["batch_size"] for row in result["batch_sizes"]] == [1, 2]
-    assert (tmp_path / "decode.png").stat().st_size > 0 and "best:" in capsys.readouterr().out
+    assert (tmp_path / "decode.png").stat().st_size > 0 and (tmp_path / "ceilings.png").stat().st_size > 0
+    assert "best:" in capsys.readouterr().out
 
 
 def test_draft_vocab_flag_keeps_the_greedy_tokens_and_reports_the_fed_ids(checkpoint, capsys, tmp_path):
