@@ -116,11 +116,11 @@ def main(argv):
 def _train(cfg, workdir):
     """lsjax.train.run after the config file's keys are checked against configs/base.py; exit 3 on divergence."""
     from configs import base
-    from lsjax import train, train_config
+    from lsjax import run_guards, train, train_config
     train_config.check_config_keys(cfg, base.get_config(), f"--config {_config_path(sys.argv)}")
     try:
         return train.run(cfg, workdir)
-    except train.DivergedError as err:
+    except run_guards.DivergedError as err:
         _exit_with(str(err), code=3)
 
 

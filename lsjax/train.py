@@ -8,7 +8,7 @@ Nothing is lost (docs/robustness.md): one run at a time holds the workdir (`lsja
 resume may not change what the checkpoints mean (`train_config.resume_changes`); every finished step is
 sealed by a checksum manifest and a resume starts from the newest intact step (`checkpoints.restore_newest`),
 setting newer damaged ones aside; a non-finite loss or gradient norm stops the run before anything is saved
-(`DivergedError`), unless train.skip_nonfinite_steps drops such updates inside the compiled step.
+(`run_guards.DivergedError`), unless train.skip_nonfinite_steps drops such updates inside the compiled step.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,16 +35,11 @@ from tqdm import tqdm
 
 from lsjax import checkpoints, data, hf, model, objective, plots, sharding, tokenizer as tokenizer_lib
 from lsjax import train_config, workdir as workdir_lib
+from lsjax.run_guards import METRICS_FILE, DivergenceGuard, MetricsLog, StopRequest
 from lsjax.config import ConfigError, LlamaConfig
 from lsjax.train_config import OptimizerSettings, TrainSettings
 
-METRICS_FILE = "metrics.jsonl"
 DAMAGED_CHECKPOINTS = "checkpoints-damaged"  # where a resume moves steps newer than the one it restored
-
-
-class DivergedError(RuntimeError):
-    """A non-finite loss or gradient norm stopped the run (train.py exits 3): nothing was saved or exported
-    after it, so the newest checkpoint holds the last good state."""
 
 
 # --- optimiser ---------------------------------------------------------------------------------------------
@@ -186,46 +178,6 @@ def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-# --- the loop's bookkeeping ---------------------------------------------------------------------------------
-
-class StopRequest:
-    """Ctrl-C (SIGINT) asks the loop to stop after the current step and save it; a second Ctrl-C aborts.
-
-    A flag rather than an exception in the middle of a step: the state may be donated to a running step or
-    half written by an asynchronous save at the moment the signal lands.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-class MetricsLog:
-    """Appends one JSON object per event to workdir/metrics.jsonl (flushed, so a killed run loses nothing)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, event: str, step: int, **values) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
-
-
 def _with_sample_index(batch, step: int, batch_size: int, process_index: int = 0, process_count: int = 1):
     """Adds this process's rows' global sample indices (what layer-dropout draws derive from)."""
     batch = dict(batch)
@@ -233,38 +185,6 @@ def _with_sample_index(batch, step: int, batch_size: int, process_index: int = 0
     first = step * batch_size + process_index * rows
     batch["sample_index"] = np.arange(first, first + rows, dtype=np.int64) % (2 ** 31)
     return batch
-
-
-class DivergenceGuard:
-    """Reads the steps' non-finite flags at log, eval and save points rather than after every step (a read
-    waits for the device, which would stall the pipeline): a diverged run stops before its state is logged
-    as good, evaluated or saved. With skipping on, the flagged steps (whose updates the compiled step dropped)
-    are only counted."""
-
-    def __init__(self, skip: bool):
-        self.skip = skip
-        self.pending: list[tuple[int, jax.Array]] = []  # (step, its non-finite flag, still on the device)
-        self.skipped = 0  # flagged steps read since the last `take_skipped`
-
-    def add(self, step: int, flag) -> None:
-        self.pending.append((step, flag))
-
-    def check(self, last_checkpoint: int | None) -> None:
-        """Raises DivergedError at the first flagged step (unless skipping)."""
-        flags = jax.device_get([flag for _, flag in self.pending])
-        bad = [step for (step, _), flag in zip(self.pending, flags) if flag]
-        self.pending = []
-        if bad and not self.skip:
-            kept = ("no checkpoint was saved" if last_checkpoint is None
-                    else f"checkpoint {last_checkpoint} holds the last good state")
-            raise DivergedError(f"step {bad[0]}: the loss or gradient norm is not finite; stopped without saving "
-                                f"or exporting ({kept}); lower train.learning_rate, or set "
-                                f"train.skip_nonfinite_steps=True to skip such steps")
-        self.skipped += len(bad)
-
-    def take_skipped(self) -> int:
-        count, self.skipped = self.skipped, 0
-        return count
 
 
 # --- a run: set up, restore or init, loop, export -----------------------------------------------------------
