@@ -98,3 +98,14 @@ def scaled(params, factor: float):
     logits and layers that barely matter, so exits agree and distributions are almost uniform."""
     is_norm = lambda path: any(getattr(k, "key", None) == "scale" for k in path)
     return jax.tree_util.tree_map_with_path(lambda path, p: p if is_norm(path) else factor * p, params)
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the scripts are not a package), for the tests that run them end to end."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """decode.py end to end on checkpoints exported by lsjax, its one-line errors, and compiling once per bucket."""
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -16,6 +15,7 @@ from lsjax import checkpoints, decoding, draft_vocab, hf, model, tokenizer
 from lsjax.decoder import Decoder, Options, encode_prompts
 from lsjax.errors import InputError
 
+from tests.conftest import load_benchmark
 from tests.random_model import random_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -209,11 +209,7 @@ def test_a_smaller_budget_for_one_call_reuses_the_loop_and_cuts_the_same_tokens(
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
-    spec = importlib.util.spec_from_file_location("benchmark_decode", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("decode")
 
 
 def test_silenced_deep_layers_make_the_full_model_predict_what_layer_e_does(bench):

@@ -1,12 +1,11 @@
 """benchmarks/peers.py end to end on a random model (no timing is asserted: speed lives in the benchmark)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from lsjax import hf
+from tests.conftest import load_benchmark
 from tests.random_model import random_model
 
 pytest.importorskip("torch", reason="the peer benchmark needs the CPU build of torch")
@@ -15,11 +14,7 @@ pytest.importorskip("transformers", reason="the peer benchmark needs transformer
 
 @pytest.fixture(scope="module")
 def peers():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
-    spec = importlib.util.spec_from_file_location("benchmark_peers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peers")
 
 
 def test_peers_runs_every_method_on_the_same_weights_and_checks_lsjax_against_transformers(peers, tmp_path):
