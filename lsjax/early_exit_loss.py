@@ -76,8 +76,8 @@ def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float =
     """
     scales = exit_scales(num_layers, e_scale, shape)
     weighted = int(np.count_nonzero(scales))
-    if kind == "fixed":
-        return int(np.count_nonzero(scales[sorted({e - 1 for e in exits} | {num_layers - 1})]))
+    if kind == "fixed":  # the same layers at every step
+        return int(np.count_nonzero(scales[np.asarray(curriculum_mask(kind, num_layers, 0, 1, exits=exits))]))
     if kind == "rotational":
         return min(weighted, math.ceil(num_layers / rotation) + 1)
     return weighted
