@@ -88,15 +88,20 @@ def analytic_bound(tokens_per_round: float, drafts_per_round: float, exit_layer:
     return tokens_per_round / (drafts_per_round * exit_layer / num_layers + 1)
 
 
+def round_cost(drafts_per_round: float, costs: dict, exit_layer: int, d: int, draft_vocab: int = 0) -> float:
+    """Milliseconds a self-speculative round costs by its passes timed alone (`pass_costs`): `drafts` shallow
+    passes with the (full or reduced) draft head, one more without a head (the last draft's exit state) and
+    one verification of d + 1 tokens."""
+    draft = costs[f"draft E={exit_layer}" + (f" K={draft_vocab}" if draft_vocab else "")]
+    return drafts_per_round * draft + costs[f"shallow E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
+
+
 def cost_bound(tokens_per_round: float, drafts_per_round: float, costs: dict, exit_layer: int, d: int,
                draft_vocab: int = 0) -> float:
-    """The speedup this machine's measured pass costs allow: a round runs `drafts` shallow passes with the
-    (full or reduced) draft head, one more without a head (the last draft's exit state) and one verification
-    of d + 1 tokens; autoregressive one full pass per token. Its gap to the measured speedup is the loops' own
-    bookkeeping and what their passes cost there rather than alone (see `pass_costs`)."""
-    draft = costs[f"draft E={exit_layer}" + (f" K={draft_vocab}" if draft_vocab else "")]
-    round_ms = drafts_per_round * draft + costs[f"shallow E={exit_layer}"] + costs[f"verify E={exit_layer} d={d}"]
-    return tokens_per_round * costs["full"] / round_ms
+    """The speedup this machine's measured pass costs allow: a round as `round_cost` against one full pass
+    per autoregressive token. Its gap to the measured speedup is the loops' own bookkeeping and what their
+    passes cost there rather than alone (see `pass_costs`)."""
+    return tokens_per_round * costs["full"] / round_cost(drafts_per_round, costs, exit_layer, d, draft_vocab)
 
 
 def tokens_per_round(acceptance: float, d: int) -> float:
@@ -249,7 +254,7 @@ def summarise(results, fixed, config, costs: dict, draft_vocab: int = 0):
                "num_speculations": first.num_speculations}
         if first.strategy == "autoregressive":
             row["loop_efficiency"] = costs["full"] / row["round_ms"]
-        elif first.strategy == "early_exit" and f"draft E={first.exit_layer}" in costs:
+        elif first.strategy == "early_exit":
             row["loop_efficiency"] = costs[f"draft E={first.exit_layer}"] / row["round_ms"]
         elif first.strategy == "self_speculative":
             drafted = sum(r.outputs[0].drafted for r in runs)
@@ -257,9 +262,9 @@ def summarise(results, fixed, config, costs: dict, draft_vocab: int = 0):
             rounds = sum(r.outputs[0].rounds for r in runs)
             tokens_per_round, drafts_per_round = 1 + accepted / rounds, drafted / rounds
             bound = analytic_bound(tokens_per_round, drafts_per_round, first.exit_layer, config.num_layers)
-            measured = cost_bound(tokens_per_round, drafts_per_round, costs, first.exit_layer,
-                                  first.num_speculations, draft_vocab)
-            predicted_round = tokens_per_round * costs["full"] / measured
+            shape = (first.exit_layer, first.num_speculations, draft_vocab)
+            measured = cost_bound(tokens_per_round, drafts_per_round, costs, *shape)
+            predicted_round = round_cost(drafts_per_round, costs, *shape)
             row.update(confidence=first.confidence, drafted=drafted, accepted=accepted,
                        acceptance_rate=accepted / drafted,
                        tokens_per_round=tokens_per_round, drafts_per_round=drafts_per_round,
