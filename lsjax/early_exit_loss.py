@@ -58,13 +58,19 @@ def curriculum_mask(kind: str, num_layers: int, step, total_steps: int, rotation
     if kind == "none":
         return jnp.ones((num_layers,), bool)
     if kind == "fixed":
-        return jnp.isin(layers + 1, jnp.asarray(exits, jnp.int32)) | last
+        return jnp.asarray(fixed_mask(num_layers, exits))
     if kind == "rotational":
         return ((layers - step) % rotation == 0) | last
     if kind == "gradual":  # layer l joins once 2t/T >= (L - l)/L: one every T/(2L) steps, all on at T/2
         step = jnp.asarray(step, jnp.int32)
         return (2 * step * num_layers >= (num_layers - layers) * total_steps) | last
     raise ValueError(f"early-exit curriculum {kind!r}: expected one of {list(CURRICULA)}")
+
+
+def fixed_mask(num_layers: int, exits: tuple[int, ...]) -> np.ndarray:
+    """The fixed curriculum's layers, on the host (its slot count is static even inside a traced step): the
+    exits after layers [0, E) for each E in `exits`, and the last layer."""
+    return np.isin(np.arange(1, num_layers + 1), exits) | (np.arange(num_layers) == num_layers - 1)
 
 
 def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float = 1.0, shape: str = "sum_l",
@@ -77,7 +83,7 @@ def num_selected(kind: str, num_layers: int, rotation: int = 1, e_scale: float =
     scales = exit_scales(num_layers, e_scale, shape)
     weighted = int(np.count_nonzero(scales))
     if kind == "fixed":  # the same layers at every step
-        return int(np.count_nonzero(scales[np.asarray(curriculum_mask(kind, num_layers, 0, 1, exits=exits))]))
+        return int(np.count_nonzero(scales[fixed_mask(num_layers, exits)]))
     if kind == "rotational":
         return min(weighted, math.ceil(num_layers / rotation) + 1)
     return weighted

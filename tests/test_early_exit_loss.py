@@ -102,6 +102,18 @@ def test_fixed_curriculum_trains_the_named_exits_and_the_last_at_every_step(step
     assert ee.num_selected("fixed", 7, e_scale=1.0, shape="one", exits=(7,)) == 1  # the last layer itself
 
 
+@pytest.mark.parametrize("kind", ee.CURRICULA)
+def test_every_curriculum_selects_the_same_layers_inside_a_traced_step(kind):
+    # the train step traces the step number: the slot count must stay static (a host value) under jit
+    def select(step):
+        return ee.select_layers(kind, 7, step=step, total_steps=40, e_scale=1.0, rotation=3, exits=(2, 5))
+
+    for step in (0, 7, 25):
+        traced, eager = jax.jit(select)(jnp.int32(step)), select(step)
+        np.testing.assert_array_equal(traced.layers, eager.layers)
+        np.testing.assert_allclose(traced.weights, eager.weights, rtol=1e-6)
+
+
 def test_unknown_curriculum():
     with pytest.raises(ValueError, match="'zigzag'"):
         ee.curriculum_mask("zigzag", 4, 0, 10)
