@@ -2,17 +2,21 @@
 
     python benchmarks/methods.py [--checkpoint models/embedded] [--draft-checkpoint models/embedded_draft]
                                  [--num-prompts 8] [--max-new-tokens 64] [--exit-layer 2] [--num-speculations 4]
+                                 [--batch-size 0]
                                  [--free-thresholds 0.1,0.3,0.5,0.7,0.9] [--rollbacks 1,2,4 --rollback-exit 0.2]
                                  [--calm-thresholds ...]
                                  [--repeats 5] [--out benchmarks/results/methods]
 
 Methods: autoregressive (the reference), early exit at E, self-speculative (E, d), two-model speculative
 twice at the draft cost of the E exit: with the trained separate draft (--draft-checkpoint,
-configs/embedded_draft.py) and with the model's own first E layers copied into a separate model
+configs/embedded_draft.py; `none` where no small model shares the tokenizer, as for SmolLM2) and with the
+model's own first E layers copied into a separate model
 (`lsjax.decoding.speculative.truncated`: self-speculation's proposals, but separate weights and cache), FREE
 at fixed thresholds, with rollback at one threshold over the rollback losses, and with the adaptive threshold
 (refitted between batches, as in deployment), CALM with each confidence measure over its thresholds.
-Each is decoded greedily as one batch of the prompts; after every loop is compiled, the methods take turns
+Each is decoded greedily over the prompts in batches of --batch-size (default: one batch of them all; 1 is the
+FREE paper's setting, where a row that exits skips the deep layers outright instead of waiting for the rows that
+do not); after every loop is compiled, the methods take turns
 `repeats` times (so machine noise hits them alike) and each one's median time counts. Per method: tokens/s,
 speedup over autoregressive, the fraction of the layers run in sequence per token (CALM, FREE; E/L for early
 exit), the draft acceptance (speculative methods), and against the full model's greedy output the share of
@@ -31,6 +35,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")
@@ -48,14 +53,20 @@ def floats(text: str):
     return [float(x) for x in text.split(",") if x]
 
 
+def draft_path(text: str) -> Path | None:
+    return None if text.lower() == "none" else Path(text)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=checkpoints.EMBEDDED)
-    parser.add_argument("--draft-checkpoint", type=Path, default=DRAFT)
+    parser.add_argument("--draft-checkpoint", type=draft_path, default=DRAFT,
+                        help="a separate draft model with the same tokenizer, or 'none' (only the copied layers)")
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--exit-layer", type=int, default=2)
     parser.add_argument("--num-speculations", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=0, help="prompts per decoded batch (0: all in one)")
     parser.add_argument("--free-thresholds", type=floats,
                         default=floats("0.1,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.6,0.7,0.8,0.9"))
     parser.add_argument("--rollbacks", type=floats, default=floats("1,2,4"),
@@ -63,7 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--rollback-exit", type=float, default=0.2)
     parser.add_argument("--calm-thresholds", type=floats, default=floats("0.3,0.5,0.7,0.9"))
     parser.add_argument("--state-thresholds", type=floats, default=floats("0.9,0.95,0.98"))
-    parser.add_argument("--adaptive-batches", type=int, default=3, help="batches that refit the FREE threshold")
+    parser.add_argument("--adaptive-batches", type=int, default=3, help="passes over the prompts before timing (each batch refits the FREE threshold for the next)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"))
     return parser.parse_args(argv)
@@ -86,25 +97,40 @@ def acceptance(method, result):
     return sum(row.accepted for row in result.outputs) / max(drafted, 1)
 
 
-def measure(decoders, batch, repeats):
-    """Each decoder's decode of median time among `repeats` (a DecodeResult), taken in turns after one compiling
-    (and warming) decode."""
+def decode_all(decoder, batches):
+    """One DecodeResult for the prompts of every batch, decoded in turn: rows concatenated, times summed, the
+    layer share weighted by the tokens each batch ran, the threshold the last batch ran at (FREE's adaptive one
+    refits between batches)."""
+    results = [decoder.generate(batch) for batch in batches]
+    seconds = sum(r.seconds for r in results)
+    tokens = sum(r.new_tokens for r in results)
+    layers = None
+    if results[0].layers_per_token is not None:
+        fed = [sum(max(row.new_tokens - 1, 0) for row in r.outputs) for r in results]
+        layers = sum(r.layers_per_token * n for r, n in zip(results, fed)) / max(sum(fed), 1)
+    return dataclasses.replace(results[-1], seconds=seconds, new_tokens=tokens, tokens_per_second=tokens / seconds,
+                               layers_per_token=layers, outputs=sum((r.outputs for r in results), ()))
+
+
+def measure(decoders, batches, repeats):
+    """Each decoder's decode of every batch, of median time among `repeats` (a DecodeResult), taken in turns
+    after one compiling (and warming) decode."""
     for decoder in decoders:
-        decoder.generate(batch)
+        decode_all(decoder, batches)
     runs = [[] for _ in decoders]
     for _ in range(repeats):
         for i, decoder in enumerate(decoders):
-            runs[i].append(decoder.generate(batch))
+            runs[i].append(decode_all(decoder, batches))
     return [sorted(results, key=lambda r: r.seconds)[len(results) // 2] for results in runs]
 
 
 def main(argv=None):
     args = parse_args(argv)
     config, params, tok = checkpoints.load_model(args.checkpoint)
-    draft_config, draft_params, _ = checkpoints.load_model(args.draft_checkpoint)
     copied = speculative.truncated(config, params, args.exit_layer)
     texts = prompts.humaneval([str(i) for i in range(args.num_prompts)])
-    batch = encode_prompts(tok, texts)
+    size = args.batch_size or len(texts)
+    batches = [encode_prompts(tok, texts[i:i + size]) for i in range(0, len(texts), size)]
     base = Options(max_new_tokens=args.max_new_tokens)
     e, d, layers = args.exit_layer, args.num_speculations, config.num_layers
 
@@ -115,10 +141,12 @@ def main(argv=None):
     records = [run("autoregressive", "", strategy="autoregressive"),
                run("early_exit", f"E={e}", strategy="early_exit", exit_layer=e),
                run("self_speculative", f"E={e} d={d}", strategy="self_speculative", exit_layer=e, num_speculations=d),
-               run("speculative", f"trained {draft_config.num_layers}-layer draft d={d}",
-                   draft=(draft_config, draft_params), strategy="speculative", num_speculations=d),
                run("speculative_copy", f"first {e} layers copied d={d}", draft=copied, strategy="speculative",
                    num_speculations=d)]
+    if args.draft_checkpoint is not None:
+        draft_config, draft_params, _ = checkpoints.load_model(args.draft_checkpoint)
+        records.insert(3, run("speculative", f"trained {draft_config.num_layers}-layer draft d={d}",
+                              draft=(draft_config, draft_params), strategy="speculative", num_speculations=d))
     for limit in args.free_thresholds:
         records.append(run("free", limit, strategy="free", exit_layer=e, threshold=limit))
     for loss in args.rollbacks:
@@ -131,9 +159,9 @@ def main(argv=None):
     adaptive = Decoder(config, params, tok, dataclasses.replace(base, strategy="free", exit_layer=e))
     calibration = []
     for _ in range(args.adaptive_batches):  # each batch's pairs refit the threshold for the next
-        calibration.append(adaptive.generate(batch).threshold)
+        calibration.append(decode_all(adaptive, batches).threshold)
     records.append(dict(method="free_adaptive", setting="", decoder=adaptive))
-    for record, result in zip(records, measure([r.pop("decoder") for r in records], batch, args.repeats)):
+    for record, result in zip(records, measure([r.pop("decoder") for r in records], batches, args.repeats)):
         record["result"] = result
         if record["method"] == "free_adaptive":  # still refitted between the timed batches: the one it ran at
             record["setting"] = round(result.threshold, 3)
@@ -172,7 +200,8 @@ def main(argv=None):
 
 
 def render(table, oracle, adaptive_threshold, fastest, args) -> str:
-    lines = [f"{args.num_prompts} HumanEval prompts as one batch, {args.max_new_tokens} new tokens, greedy; "
+    size = f"in batches of {args.batch_size}" if args.batch_size else "as one batch"
+    lines = [f"{args.num_prompts} HumanEval prompts {size}, {args.max_new_tokens} new tokens, greedy; "
              f"median of {args.repeats} interleaved runs.", "",
              "| method | setting | tokens/s | speedup | layers/token | draft acceptance | agreement | edit similarity"
              " |",
@@ -193,12 +222,17 @@ def render(table, oracle, adaptive_threshold, fastest, args) -> str:
 
 def plot(table, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(row["method"] for row in table):
+    markers = "osD^vP*Xhp<>"
+    for i, method in enumerate(dict.fromkeys(row["method"] for row in table)):
         rows = [row for row in table if row["method"] == method]
-        ax.plot([r["speedup"] for r in rows], [r["agreement"] for r in rows], marker="o",
-                linestyle="-" if len(rows) > 1 else "none", label=method)
+        ax.plot([r["speedup"] for r in rows], [r["agreement"] for r in rows], marker=markers[i % len(markers)],
+                linestyle="-" if len(rows) > 1 else "none", label=method, alpha=0.85)
     ax.axhline(AGREEMENT_TARGET, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("speedup over autoregressive")
+    ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")  # early exit's speedup would squeeze every other method into one column
+    for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+    ax.set_xlabel("speedup over autoregressive (log scale)")
     ax.set_ylabel("share of positions equal to full greedy")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -386,9 +386,13 @@ def _loop(setup: Setup, manager, state):
     bar = tqdm(total=run.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     try:
         with StopRequest() as stop:
-            window_start, window_steps = time.perf_counter(), 0
+            window_start, window_steps, in_flight = time.perf_counter(), 0, None
             while step < run.steps:
                 state, metrics = setup.step_fn(state, _next_batch(setup, step))
+                # The host stays one step ahead of the device: enough to keep it busy, and Ctrl-C (read
+                # below, on the host) then stops within a step instead of after every step dispatched ahead.
+                jax.block_until_ready(in_flight)
+                in_flight = metrics["nonfinite"]
                 step += 1
                 window_steps += 1
                 guard.add(step, metrics.pop("nonfinite"))
