@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated HumanEval task ids or indices (default: HumanEval/0)")
     parser.add_argument("--strategy", default="self_speculative",
                         help="autoregressive, early_exit, self_speculative (default), speculative, calm or free")
-    parser.add_argument("--exit-layer", type=int, default=None, help="E (default: a quarter of the layers)")
+    parser.add_argument("--exit-layer", type=int, default=None, help="E (default: a quarter of the layers); calm: the earliest exit (default 1)")
     parser.add_argument("--num-speculations", type=int, default=2, help="d, drafts per round (default 2)")
     parser.add_argument("--draft-checkpoint", type=Path, default=None, metavar="DIR",
                         help="the draft model of --strategy speculative (HF Llama directory or lsjax workdir)")
@@ -94,9 +94,9 @@ def check_flags(args) -> None:
     """Flags that contradict each other, or that JAX would not take, as one-line InputErrors."""
     from lsjax.config import SEED_LIMIT
     from lsjax.errors import InputError
-    if args.exit_layer is not None and args.strategy in ("autoregressive", "speculative", "calm"):
+    if args.exit_layer is not None and args.strategy in ("autoregressive", "speculative"):
         raise InputError(f"--exit-layer {args.exit_layer}: applies to early_exit and self_speculative (and free's "
-                         f"shallow exit), not --strategy {args.strategy}")
+                         f"shallow exit, calm's earliest exit), not --strategy {args.strategy}")
     if (args.draft_checkpoint is None) == (args.strategy == "speculative"):
         raise InputError("--draft-checkpoint DIR goes with --strategy speculative, and that strategy needs one")
     if not 0 <= args.seed < SEED_LIMIT:

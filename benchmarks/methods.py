@@ -4,7 +4,7 @@
                                  [--num-prompts 8] [--max-new-tokens 64] [--exit-layer 2] [--num-speculations 4]
                                  [--batch-size 0]
                                  [--free-thresholds 0.1,0.3,0.5,0.7,0.9] [--rollbacks 1,2,4 --rollback-exit 0.2]
-                                 [--calm-thresholds ...]
+                                 [--calm-thresholds ...] [--calm-exit-layer 1]
                                  [--repeats 5] [--out benchmarks/results/methods]
 
 Methods: autoregressive (the reference), early exit at E, self-speculative (E, d), two-model speculative
@@ -74,6 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--rollback-exit", type=float, default=0.2)
     parser.add_argument("--calm-thresholds", type=floats, default=floats("0.3,0.5,0.7,0.9"))
     parser.add_argument("--state-thresholds", type=floats, default=floats("0.9,0.95,0.98"))
+    parser.add_argument("--calm-exit-layer", type=int, default=1, help="CALM's earliest exit (decode.py --exit-layer)")
     parser.add_argument("--adaptive-batches", type=int, default=3, help="passes over the prompts before timing (each batch refits the FREE threshold for the next)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"))
@@ -155,7 +156,8 @@ def main(argv=None):
     for measure_name, limits in (("top2", args.calm_thresholds), ("softmax", args.calm_thresholds),
                                  ("state", args.state_thresholds)):
         for limit in limits:
-            records.append(run(f"calm_{measure_name}", limit, strategy="calm", measure=measure_name, threshold=limit))
+            records.append(run(f"calm_{measure_name}", limit, strategy="calm", measure=measure_name, threshold=limit,
+                               exit_layer=args.calm_exit_layer))
     adaptive = Decoder(config, params, tok, dataclasses.replace(base, strategy="free", exit_layer=e))
     calibration = []
     for _ in range(args.adaptive_batches):  # each batch's pairs refit the threshold for the next

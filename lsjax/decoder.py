@@ -86,7 +86,7 @@ class Options:
     """
 
     strategy: str = "self_speculative"
-    exit_layer: int | None = None  # default: a quarter of the layers (at least 1)
+    exit_layer: int | None = None  # default: a quarter of the layers (at least 1); calm: the earliest exit, 1
     num_speculations: int = 2
     schedule: str = "fixed"
     confidence: float = 0.0  # stop a round's drafting below this top probability; 0 = never
@@ -105,10 +105,11 @@ class Options:
     def check(self, config: LlamaConfig) -> Options:
         """The options with defaults filled in, or a one-line InputError naming the bad value."""
         layers = config.num_layers
-        exit_layer = max(1, layers // 4) if self.exit_layer is None else self.exit_layer
+        default = 1 if self.strategy == "calm" else max(1, layers // 4)
+        exit_layer = default if self.exit_layer is None else self.exit_layer
         _require(self.strategy in decoding.STRATEGIES, f"strategy={self.strategy!r}: expected one of "
                  f"{list(decoding.STRATEGIES)}")
-        if self.strategy in ("early_exit", "self_speculative", "free"):
+        if self.strategy in ("early_exit", "self_speculative", "free", "calm"):
             _require(1 <= exit_layer <= layers - 1, f"exit layer E={exit_layer}: expected 1 <= E <= {layers - 1} "
                      f"(the model has {layers} layers)")
         _require(self.num_speculations >= 1, f"num_speculations d={self.num_speculations}: expected d >= 1")
@@ -148,7 +149,7 @@ class Options:
         speculative = self.strategy in ("self_speculative", "speculative")
         settings = decoding.Settings(
             strategy=self.strategy,
-            exit_layer=self.exit_layer if self.strategy in ("early_exit", "self_speculative", "free") else 0,
+            exit_layer=self.exit_layer if self.strategy in ("early_exit", "self_speculative", "free", "calm") else 0,
             num_speculations=self.num_speculations if speculative else 1,
             schedule=self.schedule, sampling=decoding.Sampling(greedy=self.temperature == 0.0, top_k=self.top_k),
             eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size,

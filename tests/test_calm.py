@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.conftest import TINY
-from tests.methods_common import batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
+from tests.methods_common import PROMPTS, batched_equals_single, fed_tokens, run_loop, tiny, tiny_params
 from tests.test_decoding import rows
 from lsjax import kvcache, model
 from lsjax.decoding import Knobs, Settings, calm, confidence
@@ -26,6 +27,20 @@ def test_calm_unreachable_is_autoregressive_and_batched_rows_equal_single_rows()
     # rows exited at different depths: some tokens early, not all, and not alike across rows
     assert np.all(layers >= tokens) and np.any(layers < TINY.num_layers * tokens), layers
     assert len(set((layers / tokens).tolist())) > 1, layers
+
+
+@pytest.mark.parametrize("exit_layer", [2, 3])
+def test_calm_exits_no_earlier_than_its_earliest_exit_layer(exit_layer):
+    """Always confident (threshold -1): every fed token exits right after layer E - 1 and runs exactly E
+    layers, so after the first token (the prefill's, from the full model) the tokens are early exit's at E
+    over the prompt and that first token (the copied deeper K/V are never read: no token goes past E)."""
+    out = tiny(Knobs.make(threshold=-1.0), strategy="calm", exit_layer=exit_layer)
+    np.testing.assert_array_equal(out.layers, exit_layer * (np.asarray(out.num_tokens) - 1))
+    calm_rows = rows(out)
+    extended = [prompt + row[:1] for prompt, row in zip(PROMPTS, calm_rows)]
+    early = rows(tiny(prompts=extended, strategy="early_exit", exit_layer=exit_layer))
+    for calm_row, early_row in zip(calm_rows, early):
+        assert calm_row[1:] == early_row[:len(calm_row) - 1]
 
 
 def test_calm_state_copying_writes_each_skipped_layers_own_projections():

@@ -19,7 +19,8 @@ def draft(checkpoint, tmp_path_factory):
 
 
 @pytest.mark.parametrize("argv", [["--strategy", "speculative", "--num-speculations", "3"],
-                                  ["--strategy", "calm", "--threshold", "0.5", "--measure", "softmax"],
+                                  ["--strategy", "calm", "--threshold", "0.5", "--measure", "softmax",
+                                   "--exit-layer", "2"],
                                   ["--strategy", "free", "--exit-layer", "2", "--stack", "2", "--rollback", "0.5"]])
 def test_each_method_decodes_as_json(checkpoint, draft, capsys, argv):
     extra = ["--draft-checkpoint", str(draft)] if "speculative" in argv else []
@@ -35,7 +36,8 @@ def test_each_method_decodes_as_json(checkpoint, draft, capsys, argv):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--strategy", "speculative"], "--draft-checkpoint DIR goes with --strategy speculative"),
-    (["--strategy", "calm", "--exit-layer", "2"], "--exit-layer 2: applies to early_exit and"),
+    (["--strategy", "autoregressive", "--exit-layer", "2"], "--exit-layer 2: applies to early_exit and"),
+    (["--strategy", "calm", "--exit-layer", "9"], "exit layer E=9: expected 1 <= E <="),
     (["--strategy", "free", "--measure", "state"], "measure='state'"),
     (["--strategy", "calm", "--measure", "entropy"], "measure='entropy'"),
     (["--strategy", "free", "--stack", "0"], "stack=0"),

@@ -8,6 +8,9 @@ its hidden state stays frozen. A frozen row still gets K/V in each later layer: 
 projections of the exited state (its attention and MLP results are dropped), so later tokens attend to
 something at every layer, which is what state copying means. Rows exit independently; once every row has
 exited, the remaining layers compute only those projections. Lossy: the output drifts from the full model's.
+No row exits before layer E (`Settings.exit_layer`, default 1): with tied embeddings the first layers' states
+are still close to the input token's embedding, which the shared head predicts back with a wide margin, so
+an untrained model's shallowest exits look confident and repeat their input. Layers below E skip the head.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def run_round(config: LlamaConfig, params, settings: Settings, knobs: sampling.K
         out, cache = kvcache.run_cached_layers(config, params, cache, x, index, index + 1, write_index=at)
         y = jnp.where(exited[:, None, None], x, out.x)
         layers = layers + ~exited
+        if index + 1 < settings.exit_layer:  # too shallow to exit: no head, no confidence
+            return y, cache, exited, logits, layers
         exit_logits = model.unembed(config, params, y[:, 0])
         if index == last_layer:
             return y, cache, jnp.ones_like(exited), jnp.where(exited[:, None], logits, exit_logits), layers

@@ -30,7 +30,8 @@ class Settings(NamedTuple):
     """Everything static about a decode: hashable, a static argument of the jitted functions."""
 
     strategy: str = "autoregressive"  # autoregressive | early_exit | self_speculative | speculative | calm | free
-    exit_layer: int = 0  # E: layers [0, E) draft (self_speculative) or decide (early_exit)
+    exit_layer: int = 0  # E: layers [0, E) draft (self_speculative), decide (early_exit, free) or come
+    # before the first exit (calm: a row may exit after layer E - 1 or later)
     num_speculations: int = 1  # d: drafts per round (the most, with an adaptive schedule)
     schedule: str = "fixed"  # fixed | heuristic (+2 when all drafts were accepted, -1 otherwise, floor 1)
     sampling: sampling_lib.Sampling = sampling_lib.Sampling()
