@@ -59,7 +59,8 @@ def write(results: dict, out: Path) -> None:
     lines += [f"last layer's perplexity, {n}: {results[n]['layer_perplexity'][-1]:.3f} "
               f"({results[n]['tokens']} held-out tokens)" for n in names]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    fig, (top1, agree) = plt.subplots(1, 2, figsize=(10, 4))
+    rows = (len(names) + 1) // 2  # legend rows, below both plots (inside, it hides the deep exits)
+    fig, (top1, agree) = plt.subplots(1, 2, figsize=(10, 4 + 0.25 * rows))
     for name in names:
         exits = range(1, layers + 1)
         top1.plot(exits, results[name]["layer_accuracy"], marker=".", label=name)
@@ -68,8 +69,8 @@ def write(results: dict, out: Path) -> None:
     agree.set(xlabel="exit layer", ylabel="top-1 agreement with the last layer")
     for ax in (top1, agree):
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    fig.legend(*top1.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     fig.savefig(out.with_suffix(".png"), dpi=120)
 
 
