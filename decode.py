@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated HumanEval task ids or indices (default: HumanEval/0)")
     parser.add_argument("--strategy", default="self_speculative",
                         help="autoregressive, early_exit, self_speculative (default), speculative, calm or free")
-    parser.add_argument("--exit-layer", type=int, default=None, help="E (default: a quarter of the layers); calm: the earliest exit (default 1)")
+    parser.add_argument("--exit-layer", type=int, default=None,
+                        help="E (default: a quarter of the layers); calm: the earliest exit (default 1)")
     parser.add_argument("--num-speculations", type=int, default=2, help="d, drafts per round (default 2)")
     parser.add_argument("--draft-checkpoint", type=Path, default=None, metavar="DIR",
                         help="the draft model of --strategy speculative (HF Llama directory or lsjax workdir)")

@@ -75,7 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--calm-thresholds", type=floats, default=floats("0.3,0.5,0.7,0.9"))
     parser.add_argument("--state-thresholds", type=floats, default=floats("0.9,0.95,0.98"))
     parser.add_argument("--calm-exit-layer", type=int, default=1, help="CALM's earliest exit (decode.py --exit-layer)")
-    parser.add_argument("--adaptive-batches", type=int, default=3, help="passes over the prompts before timing (each batch refits the FREE threshold for the next)")
+    parser.add_argument("--adaptive-batches", type=int, default=3,
+                        help="passes over the prompts before timing (each batch refits FREE's threshold for the next)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"))
     return parser.parse_args(argv)
@@ -141,13 +142,13 @@ def main(argv=None):
 
     records = [run("autoregressive", "", strategy="autoregressive"),
                run("early_exit", f"E={e}", strategy="early_exit", exit_layer=e),
-               run("self_speculative", f"E={e} d={d}", strategy="self_speculative", exit_layer=e, num_speculations=d),
-               run("speculative_copy", f"first {e} layers copied d={d}", draft=copied, strategy="speculative",
-                   num_speculations=d)]
+               run("self_speculative", f"E={e} d={d}", strategy="self_speculative", exit_layer=e, num_speculations=d)]
     if args.draft_checkpoint is not None:
         draft_config, draft_params, _ = checkpoints.load_model(args.draft_checkpoint)
-        records.insert(3, run("speculative", f"trained {draft_config.num_layers}-layer draft d={d}",
-                              draft=(draft_config, draft_params), strategy="speculative", num_speculations=d))
+        records.append(run("speculative", f"trained {draft_config.num_layers}-layer draft d={d}",
+                           draft=(draft_config, draft_params), strategy="speculative", num_speculations=d))
+    records.append(run("speculative_copy", f"first {e} layers copied d={d}", draft=copied, strategy="speculative",
+                       num_speculations=d))
     for limit in args.free_thresholds:
         records.append(run("free", limit, strategy="free", exit_layer=e, threshold=limit))
     for loss in args.rollbacks:

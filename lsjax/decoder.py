@@ -58,6 +58,10 @@ class DecodeResult:
     outputs: tuple[RowOutput, ...]
 
 
+# The strategies that take an exit layer E (calm: its earliest exit); the others run every layer.
+EXIT_STRATEGIES = ("early_exit", "self_speculative", "free", "calm")
+
+
 class PromptBatch(NamedTuple):
     tokens: np.ndarray  # [B, T] right-padded, T a multiple of BUCKET
     lengths: np.ndarray  # [B]
@@ -109,7 +113,7 @@ class Options:
         exit_layer = default if self.exit_layer is None else self.exit_layer
         _require(self.strategy in decoding.STRATEGIES, f"strategy={self.strategy!r}: expected one of "
                  f"{list(decoding.STRATEGIES)}")
-        if self.strategy in ("early_exit", "self_speculative", "free", "calm"):
+        if self.strategy in EXIT_STRATEGIES:
             _require(1 <= exit_layer <= layers - 1, f"exit layer E={exit_layer}: expected 1 <= E <= {layers - 1} "
                      f"(the model has {layers} layers)")
         _require(self.num_speculations >= 1, f"num_speculations d={self.num_speculations}: expected d >= 1")
@@ -149,7 +153,7 @@ class Options:
         speculative = self.strategy in ("self_speculative", "speculative")
         settings = decoding.Settings(
             strategy=self.strategy,
-            exit_layer=self.exit_layer if self.strategy in ("early_exit", "self_speculative", "free", "calm") else 0,
+            exit_layer=self.exit_layer if self.strategy in EXIT_STRATEGIES else 0,
             num_speculations=self.num_speculations if speculative else 1,
             schedule=self.schedule, sampling=decoding.Sampling(greedy=self.temperature == 0.0, top_k=self.top_k),
             eos_ids=tuple(config.eos_token_ids), pad_id=pad_id, output_size=output_size,

@@ -392,10 +392,10 @@ def _loop(setup: Setup, manager, state):
                 # The host stays one step ahead of the device: enough to keep it busy, and Ctrl-C (read
                 # below, on the host) then stops within a step instead of after every step dispatched ahead.
                 jax.block_until_ready(in_flight)
-                in_flight = metrics["nonfinite"]
+                in_flight = metrics.pop("nonfinite")
                 step += 1
                 window_steps += 1
-                guard.add(step, metrics.pop("nonfinite"))
+                guard.add(step, in_flight)
                 stopping, final = stop.requested, step == run.steps
                 log_due, eval_due = step % run.log_every == 0 or final, step % run.eval_every == 0 or final
                 save_due = final or stopping or manager.should_save(step)
