@@ -38,6 +38,9 @@ MODELS = {
                                num_heads=32, num_kv_heads=8, head_dim=64, rope_theta=500000.0,
                                rope_scaling=RopeScaling(factor=32.0), tie_word_embeddings=True,
                                max_position_embeddings=131072, param_dtype="float32", dtype="bfloat16"),
+    "smollm2-135m": LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                                num_heads=9, num_kv_heads=3, rope_theta=100000.0, tie_word_embeddings=True,
+                                max_position_embeddings=8192, param_dtype="float32", dtype="bfloat16"),
     "llama2-7b": LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
                              num_heads=32, num_kv_heads=32, max_position_embeddings=4096, param_dtype="float32",
                              dtype="bfloat16"),
@@ -56,7 +59,7 @@ def listed(kind):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=listed(str), default=list(MODELS))
+    parser.add_argument("--models", type=listed(str), default=["llama3.2-1b", "llama2-7b"])
     parser.add_argument("--seq-lens", type=listed(int), default=[2048, 4096])
     parser.add_argument("--batch-per-device", type=listed(int), default=[1, 4])
     parser.add_argument("--meshes", type=listed(lambda s: tuple(int(n) for n in s.split("x"))),
